@@ -1,0 +1,516 @@
+r"""``NewtOptimizer``: wrap any optimizer and learn each group's step size α.
+
+The inner optimizer proposes the update; newt moves the step size of each
+parameter group with a Newton step on :math:`g_t(\alpha) = L(\theta_t - \alpha u_t)`:
+
+.. math::
+
+    \theta_{t+1} = \theta_t - \alpha_t u_t, \qquad
+    \alpha_{t+1} = \alpha_t - \frac{g_t'(\alpha_t)}{g_t''(\alpha_t)},
+
+with :math:`g_t'` from the gradient at the shifted point :math:`\theta_{t+1}`
+(the *lookahead*) and :math:`g_t''` from a difference of gradients or of
+losses (:mod:`newt.rule`). Where the lookahead comes from is the step mode:
+
+- ``step(closure)``: the closure is evaluated at :math:`\theta_t` and again at
+  :math:`\theta_{t+1}` on the same batch (two evaluations per step);
+- ``step(closure)`` with ``reuse_lookahead=True``: for a deterministic
+  closure, the evaluation at :math:`\theta_{t+1}` is the next step's first
+  evaluation (one per step);
+- ``step()`` after the user's ``backward()``: the gradient of the *next* batch
+  at :math:`\theta_{t+1}` is the lookahead of the previous step (no extra
+  evaluation; the curvature estimate then carries batch-to-batch noise).
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.optim import Optimizer
+
+from newt import functional as F
+from newt.presets import PRESETS
+from newt.rule import Safeguard, update_lr
+
+__all__ = ["NewtOptimizer", "NewtStats"]
+
+_OPTIONS = (
+    "curvature", "update", "gamma", "eps", "lr_min", "lr_max", "factor_min",
+    "factor_max", "backoff", "nonconvex_factor", "nonfinite_factor",
+)
+_STATE_KEY = "newt"  # per-group state lives in group["newt"], so state_dict() carries it
+
+
+@dataclass(frozen=True)
+class NewtStats:
+    r"""What newt saw and decided for one parameter group at its last step.
+
+    ``slope`` is :math:`g_t'(\alpha_t)` and ``curvature`` the estimate of
+    :math:`g_t''(\alpha_t)`; ``lr`` is the α the step used and ``next_lr`` the
+    α the next step will use.
+    """
+
+    lr: float
+    next_lr: float
+    slope: float
+    curvature: float
+    loss: float | None
+    lookahead_loss: float | None
+    safeguard: str
+    step: int
+
+
+def _check_options(options: dict[str, Any], where: str) -> None:
+    def fail(name: str, fix: str) -> None:
+        raise ValueError(f"{where}: invalid {name}={options[name]!r}; {fix}")
+
+    for name in _OPTIONS:
+        if name in ("curvature", "update"):
+            continue
+        value = options[name]
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise TypeError(f"{where}: {name} must be a real number, got {type(value).__name__}")
+        if math.isnan(value):
+            fail(name, "it must not be NaN")
+    if options["curvature"] not in ("gradient", "loss"):
+        fail("curvature", "use 'gradient' (gradient difference) or 'loss' (loss difference)")
+    if options["update"] not in ("log", "linear"):
+        fail("update", "use 'log' (damped step in log α) or 'linear' (the seed's rule)")
+    if not 0.0 <= options["gamma"] <= 1.0:
+        fail("gamma", "the damping must lie in [0, 1] (0 freezes α, 1 is a full Newton step)")
+    if options["eps"] < 0:
+        fail("eps", "it must be >= 0")
+    if not options["lr_min"] >= 0:
+        fail("lr_min", "it must be >= 0")
+    if not options["lr_max"] > 0:
+        fail("lr_max", "it must be > 0")
+    if options["lr_min"] > options["lr_max"]:
+        fail("lr_min", f"it must not exceed lr_max={options['lr_max']!r}")
+    if options["factor_min"] < 0:
+        fail("factor_min", "it must be >= 0")
+    if options["factor_max"] < 1:
+        fail("factor_max", "it must be >= 1 (α must be allowed to stay)")
+    if options["factor_min"] > 1:
+        fail("factor_min", "it must be <= 1 (α must be allowed to stay)")
+    for name in ("backoff", "nonfinite_factor"):
+        if not 0 < options[name] <= 1:
+            fail(name, "a shrink factor must lie in (0, 1]")
+    if not options["nonconvex_factor"] > 0:
+        fail("nonconvex_factor", "it must be > 0")
+
+
+class NewtOptimizer(Optimizer):
+    r"""Learn the step size of any optimizer with a Newton step on α.
+
+    .. math::
+
+        \theta_{t+1} = \theta_t - \alpha_t u_t, \qquad
+        \alpha_{t+1} = \operatorname{clamp}\big(\alpha_t\, \hat f_t,\ \text{lr\_min},\ \text{lr\_max}\big),
+        \qquad \hat f_t = \Big(1 + \frac{B_t}{C_t}\Big)^{\gamma}
+
+    where
+
+    - :math:`u_t` is the inner optimizer's update direction at step size
+      :math:`\alpha_t` (the group's ``lr``);
+    - :math:`B_t = \langle\nabla L(\theta_{t+1}), \theta_t - \theta_{t+1}\rangle`
+      is the lookahead slope, :math:`A_t` the same at :math:`\theta_t`;
+    - :math:`C_t = A_t - B_t` (``curvature="gradient"``) or
+      :math:`2(L(\theta_t) - L(\theta_{t+1}) - B_t)` (``curvature="loss"``);
+    - :math:`\hat f_t` is damped by ``gamma``, clamped to
+      ``[factor_min, factor_max]`` and replaced by the safeguards of
+      :func:`newt.rule.update_lr` (loss increase, non-positive curvature,
+      non-finite values).
+
+    ``NewtOptimizer`` shares ``param_groups`` with the inner optimizer: the α
+    of a group is its ``lr``, and every option below can be set per group
+    (pass it in the group's dict when building the inner optimizer).
+
+    Args:
+        inner: the optimizer that proposes the update direction.
+        preset: ``"default"`` or ``"seed"`` (the seed project's constants);
+            keyword options override it.
+        reuse_lookahead: with a deterministic closure (full batch), reuse the
+            evaluation at :math:`\theta_{t+1}` as the next step's first one:
+            one closure call per step instead of two.
+        foreach: use the multi-tensor kernels (default: on).
+        curvature: ``"gradient"`` or ``"loss"``; see :mod:`newt.rule`.
+        update: ``"log"`` (step of ``gamma`` in log α) or ``"linear"`` (the seed's).
+        gamma: damping of the Newton step, in [0, 1]; 0 never changes α.
+        eps: relative threshold under which the curvature counts as non-positive.
+        lr_min, lr_max: clamps on α.
+        factor_min, factor_max: clamps on α's per-step factor.
+        backoff: cap on the factor when the lookahead loss rose.
+        nonconvex_factor: factor when the curvature estimate is not positive.
+        nonfinite_factor: factor after a non-finite lookahead (the step is undone).
+
+    Example:
+        >>> import torch, newt
+        >>> w = torch.nn.Parameter(torch.tensor([3.0, -2.0]))
+        >>> opt = newt.NewtOptimizer(torch.optim.SGD([w], lr=0.01))
+        >>> def closure():
+        ...     opt.zero_grad()
+        ...     loss = (w ** 2).sum()
+        ...     loss.backward()
+        ...     return loss
+        >>> for _ in range(30):
+        ...     loss = opt.step(closure)
+        >>> bool(loss < 1e-6)
+        True
+
+    References:
+        G. Retsinas, G. Sfikas, P. Filntisis, P. Maragos. Newton-Based
+        Trainable Learning Rate. ICASSP 2023.
+    """
+
+    def __init__(
+        self,
+        inner: Optimizer,
+        *,
+        preset: str = "default",
+        reuse_lookahead: bool = False,
+        foreach: bool | None = None,
+        **options: Any,
+    ) -> None:
+        if not isinstance(inner, Optimizer):
+            raise TypeError(
+                f"NewtOptimizer(inner=...) must be a torch.optim.Optimizer, got "
+                f"{type(inner).__name__}; build the inner optimizer first, e.g. "
+                "NewtOptimizer(torch.optim.Adam(model.parameters()))"
+            )
+        if isinstance(inner, NewtOptimizer):
+            raise TypeError("NewtOptimizer(inner=...) is already a NewtOptimizer; wrap it once")
+        if preset not in PRESETS:
+            raise ValueError(f"NewtOptimizer(preset={preset!r}) is unknown; use one of {list(PRESETS)}")
+        unknown = sorted(set(options) - set(_OPTIONS))
+        if unknown:
+            raise TypeError(
+                f"NewtOptimizer got unexpected option(s) {unknown}; valid options: {list(_OPTIONS)}"
+            )
+        defaults = {**PRESETS[preset], **options}
+        _check_options(defaults, "NewtOptimizer")
+        self.inner = inner
+        self.reuse_lookahead = bool(reuse_lookahead)
+        self.foreach = True if foreach is None else bool(foreach)
+        self._reuse: tuple[Callable[[], Any], Tensor, list[int]] | None = None
+        super().__init__(inner.param_groups, defaults)
+
+    # ------------------------------------------------------------------ groups
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        """Add a group to both newt and the inner optimizer (same dict object)."""
+        if not any(param_group is g for g in self.inner.param_groups):
+            self.inner.add_param_group(param_group)
+            param_group = self.inner.param_groups[-1]
+        super().add_param_group(param_group)
+        group = self.param_groups[-1]
+        where = f"param_groups[{len(self.param_groups) - 1}]"
+        _check_options(group, where)
+        if group.get("differentiable", False):
+            raise RuntimeError(
+                f"{where}: differentiable=True inner optimizers are not supported; "
+                "newt's step runs under torch.no_grad()"
+            )
+        if group.get("fused", False):
+            raise RuntimeError(f"{where}: fused=True inner optimizers are not supported; use foreach")
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        self.__dict__.setdefault("reuse_lookahead", False)
+        self.__dict__.setdefault("foreach", True)
+        self.__dict__.setdefault("_reuse", None)
+        for group in self.param_groups:
+            for name, value in self.defaults.items():
+                group.setdefault(name, value)
+
+    def __repr__(self) -> str:
+        return f"NewtOptimizer({self.inner!r})".replace("\n", "\n    ")
+
+    # ------------------------------------------------------------------ state
+    def state_dict(self) -> dict[str, Any]:
+        """newt's state (snapshots, per-group α and counters) plus ``"inner"``."""
+        state = super().state_dict()
+        state["inner"] = self.inner.state_dict()
+        return state
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Load a :meth:`state_dict`; newt's and the inner optimizer's groups stay one."""
+        if "inner" not in state_dict:
+            raise ValueError(
+                "NewtOptimizer.load_state_dict: no 'inner' entry; this is not a "
+                "NewtOptimizer state_dict (load the inner optimizer's own with .inner)"
+            )
+        lrs = [g["lr"] for g in self.param_groups]
+        self.inner.load_state_dict(state_dict["inner"])
+        super().load_state_dict({k: v for k, v in state_dict.items() if k != "inner"})
+        for mine, theirs, lr in zip(self.param_groups, self.inner.param_groups, lrs, strict=True):
+            theirs.update({k: v for k, v in mine.items() if k != "params"})
+            if isinstance(lr, Tensor) and isinstance(theirs["lr"], Tensor):
+                lr.copy_(theirs["lr"])  # keep the user's tensor object
+                theirs["lr"] = lr
+        self.param_groups = list(self.inner.param_groups)
+        self._reuse = None
+
+    # ------------------------------------------------------------------ inspection
+    def last_stats(self) -> list[NewtStats | None]:
+        """Per group, the last step's α, g′, g″, losses and safeguard (``None`` before any).
+
+        Reading converts tensors to Python numbers (a host sync); a step that
+        is not read pays nothing for it.
+        """
+        out: list[NewtStats | None] = []
+        for group in self.param_groups:
+            st = group.get(_STATE_KEY)
+            if st is None or "safeguard" not in st:
+                out.append(None)
+                continue
+            lr = float(st["used_lr"])
+            def opt_float(key: str) -> float | None:
+                return None if key not in st else float(st[key])
+            out.append(
+                NewtStats(
+                    lr=lr,
+                    next_lr=float(self._alpha(group)),
+                    slope=-float(st["lookahead_slope"]) / lr if lr else float("nan"),
+                    curvature=float(st["curvature"]) / lr**2 if lr else float("nan"),
+                    loss=opt_float("loss"),
+                    lookahead_loss=opt_float("lookahead_loss"),
+                    safeguard=Safeguard(int(st["safeguard"])).name.lower(),
+                    step=int(st["step"]),
+                )
+            )
+        return out
+
+    # ------------------------------------------------------------------ α storage
+    @staticmethod
+    def _scheduled(group: dict[str, Any]) -> bool:
+        # An LR scheduler attached to this optimizer records "initial_lr" and then
+        # owns group["lr"]; newt's α then lives in its own state and the schedule
+        # scales it: lr_used = α · lr / initial_lr.
+        return "initial_lr" in group
+
+    def _alpha(self, group: dict[str, Any]) -> float | Tensor:
+        if self._scheduled(group):
+            st = group[_STATE_KEY]
+            if "alpha" not in st:
+                initial = group["initial_lr"]
+                st["alpha"] = initial.clone() if isinstance(initial, Tensor) else torch.tensor(
+                    float(initial), dtype=torch.float64)
+            return st["alpha"]
+        return group["lr"]
+
+    def _set_alpha(self, group: dict[str, Any], alpha: Tensor) -> None:
+        if self._scheduled(group):
+            group[_STATE_KEY]["alpha"] = alpha
+        elif isinstance(group["lr"], Tensor):
+            group["lr"].copy_(alpha)  # no host sync
+        else:
+            group["lr"] = alpha.item()
+
+    def _inner_step(self) -> None:
+        """One inner step; where a scheduler is attached, with lr = α · lr / initial_lr."""
+        saved: list[tuple[dict[str, Any], Any]] = []
+        for group in self.param_groups:
+            if self._scheduled(group) and _STATE_KEY in group:
+                lr, alpha = group["lr"], self._alpha(group)
+                scale = lr / group["initial_lr"]
+                if isinstance(lr, Tensor):
+                    saved.append((group, lr.clone()))
+                    lr.copy_(alpha * scale)
+                else:
+                    saved.append((group, lr))
+                    group["lr"] = float(alpha * scale)
+        try:
+            self.inner.step()
+        finally:
+            for group, lr in saved:
+                if isinstance(group["lr"], Tensor):
+                    group["lr"].copy_(lr)
+                else:
+                    group["lr"] = lr
+
+    # ------------------------------------------------------------------ per-group lists
+    def _init_group(self, group: dict[str, Any]) -> tuple[list[Tensor], list[Tensor], list[Tensor]]:
+        """Params with a gradient, their gradients and their snapshot buffers."""
+        params, grads, snapshots = [], [], []
+        for p in group["params"]:
+            if p.grad is None or not p.requires_grad:
+                continue
+            if p.grad.is_sparse:
+                raise RuntimeError(
+                    "NewtOptimizer does not support sparse gradients; use a dense "
+                    "embedding (sparse=False) or torch.optim.SparseAdam without newt"
+                )
+            state = self.state[p]
+            if "snapshot" not in state:
+                state["snapshot"] = p.detach().clone(memory_format=torch.preserve_format)
+            params.append(p)
+            grads.append(p.grad)
+            snapshots.append(state["snapshot"])
+        return params, grads, snapshots
+
+    def _group_state(self, group: dict[str, Any], like: Tensor | None) -> dict[str, Any]:
+        st = group.get(_STATE_KEY)
+        if st is None:
+            device = like.device if like is not None else torch.device("cpu")
+            st = group[_STATE_KEY] = {
+                "step": torch.zeros((), dtype=torch.int64, device=device),
+                "valid": torch.zeros((), dtype=torch.bool, device=device),
+            }
+        return st
+
+    def _inner_product(self, grads: list[Tensor], snapshots: list[Tensor],
+                       params: list[Tensor]) -> Tensor:
+        dtype = torch.promote_types(
+            torch.float32, max((p.dtype for p in params), key=lambda d: d.itemsize)
+        )
+        dtype = dtype.to_real() if dtype.is_complex else dtype
+        return F.group_inner_product(grads, snapshots, params, out_dtype=dtype,
+                                     foreach=self.foreach)
+
+    def _update(self, group: dict[str, Any], st: dict[str, Any], lookahead_slope: Tensor,
+                loss: Tensor | None, lookahead_loss: Tensor | None) -> Tensor:
+        """Apply the α rule to one group; returns the "step was finite" flag."""
+        options = {name: group[name] for name in _OPTIONS}
+        alpha = self._alpha(group)
+        alpha_t = alpha if isinstance(alpha, Tensor) else torch.tensor(
+            alpha, dtype=torch.float64, device=st["step"].device)
+        result = update_lr(alpha_t, st["slope"], lookahead_slope, loss, lookahead_loss, **options)
+        # After a non-finite step the stored slope is stale: keep α (FIRST_STEP).
+        valid = st["valid"]
+        new_alpha = torch.where(valid, result.lr, alpha_t.to(result.lr.dtype))
+        st["used_lr"] = alpha_t.detach().clone()
+        st["lookahead_slope"] = lookahead_slope
+        st["curvature"] = result.curvature
+        st["safeguard"] = torch.where(valid, result.safeguard, int(Safeguard.FIRST_STEP))
+        if loss is not None and lookahead_loss is not None:
+            st["loss"], st["lookahead_loss"] = loss.detach(), lookahead_loss.detach()
+        st["step"] += 1
+        self._set_alpha(group, new_alpha.to(alpha_t.dtype))
+        return result.finite | ~valid
+
+    # ------------------------------------------------------------------ step
+    @torch.no_grad()
+    def step(self, closure: Callable[[], Any] | None = None) -> Any:  # type: ignore[override]
+        """Take one step: with ``closure`` (two evaluations, or one with
+        ``reuse_lookahead``), or without (after the user's ``backward()``).
+
+        Returns:
+            The loss at :math:`\\theta_t` returned by the closure, or ``None``.
+        """
+        if closure is None:
+            self._step_without_closure()
+            return None
+        if not callable(closure):
+            raise TypeError(
+                f"NewtOptimizer.step(closure=...) must be callable, got {type(closure).__name__}"
+            )
+        return self._step_with_closure(closure)
+
+    def _step_without_closure(self) -> None:
+        for group in self.param_groups:
+            if group["curvature"] == "loss":
+                raise RuntimeError(
+                    "curvature='loss' needs L(θ_t) and L(θ_{t+1}) on the same batch, which only "
+                    "step(closure) provides; pass a closure or use curvature='gradient'"
+                )
+        self._reuse = None
+        lists = []
+        for group in self.param_groups:
+            params, grads, snapshots = self._init_group(group)
+            lists.append((params, grads, snapshots))
+            if not params:
+                continue
+            st = self._group_state(group, params[0])
+            if "slope" in st:
+                # The gradient of this batch at θ_t is the lookahead of the last step.
+                finite = self._update(group, st, self._inner_product(grads, snapshots, params),
+                                      None, None)
+                F.restore_where(finite, params, snapshots)  # undo a step that went non-finite
+                F.zero_where(finite, grads)  # keep NaN out of the inner optimizer's state
+            F.copy_snapshot(snapshots, params, foreach=self.foreach)
+        self._inner_step()
+        for group, (params, grads, snapshots) in zip(self.param_groups, lists, strict=True):
+            if params:
+                st = group[_STATE_KEY]
+                st["slope"] = self._inner_product(grads, snapshots, params)
+                st["valid"] = torch.isfinite(st["slope"])
+
+    def _evaluate(self, closure: Callable[[], Any]) -> Tensor:
+        with torch.enable_grad():
+            loss = closure()
+        if loss is None:
+            raise TypeError(
+                "NewtOptimizer.step(closure): the closure returned None; it must zero the "
+                "gradients, compute the loss, call loss.backward() and return the loss"
+            )
+        if not isinstance(loss, Tensor):
+            if isinstance(loss, bool) or not isinstance(loss, (int, float)):
+                raise TypeError(
+                    f"NewtOptimizer.step(closure): the closure returned {type(loss).__name__}; "
+                    "return the loss as a scalar tensor"
+                )
+            loss = torch.tensor(float(loss))
+        if loss.numel() != 1:
+            raise ValueError(
+                f"NewtOptimizer.step(closure): the closure returned a tensor of shape "
+                f"{tuple(loss.shape)}; return a scalar loss (e.g. loss.mean())"
+            )
+        return loss
+
+    def _versions(self) -> list[int]:
+        return [p._version for g in self.param_groups for p in g["params"]]
+
+    def _step_with_closure(self, closure: Callable[[], Any]) -> Any:
+        loss = None
+        if self.reuse_lookahead and self._reuse is not None:
+            cached_closure, cached_loss, versions = self._reuse
+            if cached_closure is not closure:
+                warnings.warn(
+                    "NewtOptimizer(reuse_lookahead=True): step() got a different closure than "
+                    "the last step, so the cached lookahead evaluation cannot be reused; "
+                    "evaluating again (pass the same closure every step to save this call)",
+                    RuntimeWarning, stacklevel=3,
+                )
+            elif versions == self._versions():
+                loss = cached_loss
+        self._reuse = None
+        if loss is None:
+            loss = self._evaluate(closure)
+        if not math.isfinite(float(loss)):
+            return loss  # nothing sound to step from; parameters are left as they are
+
+        lists = []
+        for group in self.param_groups:
+            params, grads, snapshots = self._init_group(group)
+            lists.append((params, snapshots))
+            if params:
+                F.copy_snapshot(snapshots, params, foreach=self.foreach)
+        self._inner_step()
+        for group, (params, snapshots) in zip(self.param_groups, lists, strict=True):
+            if params:
+                st = self._group_state(group, params[0])
+                st["slope"] = self._inner_product([p.grad for p in params], snapshots, params)
+                st["valid"] = torch.ones((), dtype=torch.bool, device=st["step"].device)
+
+        lookahead_loss = self._evaluate(closure)
+        all_finite = torch.isfinite(lookahead_loss.detach())
+        for group, (params, snapshots) in zip(self.param_groups, lists, strict=True):
+            if not params:
+                continue
+            st = group[_STATE_KEY]
+            grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+            lookahead_slope = self._inner_product(grads, snapshots, params)
+            finite = self._update(group, st, lookahead_slope, loss.detach(),
+                                  lookahead_loss.detach())
+            F.restore_where(finite, params, snapshots)  # undo a step that went non-finite
+            all_finite = all_finite & finite.to(all_finite.device)
+        if self.reuse_lookahead and bool(all_finite):
+            # θ_{t+1} was kept: its loss and gradients are the next step's first evaluation.
+            self._reuse = (closure, lookahead_loss, self._versions())
+        return loss
+

@@ -1,0 +1,52 @@
+"""Named sets of newt's options.
+
+``DEFAULT`` is what :class:`newt.NewtOptimizer` uses unless told otherwise;
+its constants were chosen by measurement (``benchmarks/``, ``docs/benchmarks.md``).
+``SEED`` reproduces the rule of the seed project (``dscamiss/newt``): a
+linear damped Newton factor with γ = 1e-3, the factor clamped to [0, 1.05],
+×0.1 when the lookahead loss rises, no change on non-positive curvature,
+α clamped to [1e-7, 1].
+"""
+
+from __future__ import annotations
+
+from types import MappingProxyType
+from typing import Any
+
+__all__ = ["DEFAULT", "PRESETS", "SEED"]
+
+DEFAULT: MappingProxyType[str, Any] = MappingProxyType(
+    {
+        "curvature": "gradient",
+        "update": "log",
+        "gamma": 0.5,
+        "eps": 1e-6,
+        "lr_min": 1e-8,
+        "lr_max": 10.0,
+        "factor_min": 0.5,
+        "factor_max": 2.0,
+        "backoff": 0.5,
+        "nonconvex_factor": 2.0,
+        "nonfinite_factor": 0.1,
+    }
+)
+
+SEED: MappingProxyType[str, Any] = MappingProxyType(
+    {
+        "curvature": "gradient",
+        "update": "linear",
+        "gamma": 1e-3,
+        "eps": 1e-9,
+        "lr_min": 1e-7,
+        "lr_max": 1.0,
+        "factor_min": 0.0,
+        "factor_max": 1.05,
+        "backoff": 0.1,
+        "nonconvex_factor": 1.0,
+        "nonfinite_factor": 0.1,
+    }
+)
+
+PRESETS: MappingProxyType[str, MappingProxyType[str, Any]] = MappingProxyType(
+    {"default": DEFAULT, "seed": SEED}
+)

@@ -1,0 +1,201 @@
+r"""The step-size rule: a Newton step on α and the safeguards around it.
+
+All functions here are pure functions of a few scalar tensors, written with
+``torch.where`` and clamps instead of Python ``if``, so they never force a
+device-to-host synchronisation and compile with ``torch.compile(fullgraph=True)``.
+
+Notation (one parameter group, one step). The inner optimizer moves the
+parameters by the displacement :math:`d = \theta_t - \theta_{t+1} = \alpha_t u_t`.
+Let
+
+.. math::
+
+    A = \langle \nabla L(\theta_t), d \rangle = -\alpha_t\, g_t'(0), \qquad
+    B = \langle \nabla L(\theta_{t+1}), d \rangle = -\alpha_t\, g_t'(\alpha_t),
+
+where :math:`g_t(\alpha) = L(\theta_t - \alpha u_t)`. Both curvature estimates
+give :math:`g_t''(\alpha_t) \approx C / \alpha_t^2` with
+
+- gradient difference (Retsinas et al. 2023): :math:`C = A - B`;
+- loss difference (second-order Taylor of :math:`g_t` around :math:`\alpha_t`):
+  :math:`C = 2\,(L(\theta_t) - L(\theta_{t+1}) - B)`.
+
+The Newton step :math:`\alpha_{t+1} = \alpha_t - g_t'(\alpha_t)/g_t''(\alpha_t)`
+then reads :math:`\alpha_{t+1} = \alpha_t\, f` with the *Newton factor*
+:math:`f = 1 + B / C`. On a quadratic both estimates are exact and
+:math:`\alpha_t f` is the exact line-search step along :math:`u_t`.
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import Literal, NamedTuple
+
+import torch
+from torch import Tensor
+
+__all__ = [
+    "Curvature",
+    "Safeguard",
+    "StepSizeUpdate",
+    "Update",
+    "curvature_estimate",
+    "update_lr",
+]
+
+Curvature = Literal["gradient", "loss"]
+Update = Literal["log", "linear"]
+
+
+class Safeguard(enum.IntEnum):
+    """Which branch of :func:`update_lr` decided the new α (stored as an int tensor)."""
+
+    NEWTON = 0
+    """The (damped) Newton factor was used as is."""
+    FACTOR_CLAMP = 1
+    """The Newton factor fell outside ``[factor_min, factor_max]`` and was clamped."""
+    LR_CLAMP = 2
+    """The new α fell outside ``[lr_min, lr_max]`` and was clamped."""
+    LOSS_INCREASE = 3
+    """The lookahead loss exceeded the current loss: the factor was capped at ``backoff``."""
+    NONPOSITIVE_CURVATURE = 4
+    """The curvature estimate was not positive: α grew by ``nonconvex_factor``."""
+    NO_INFORMATION = 5
+    """Both inner products were zero (zero gradients or no movement): α kept."""
+    NONFINITE = 6
+    """A loss or inner product was NaN/inf: the step was undone and α shrunk."""
+    FIRST_STEP = 7
+    """No lookahead yet (first closure-free step): α kept."""
+
+
+class StepSizeUpdate(NamedTuple):
+    """Result of :func:`update_lr` (all 0-d tensors)."""
+
+    lr: Tensor
+    """The new step size α_{t+1}."""
+    curvature: Tensor
+    """The estimate C (so g''(α_t) ≈ C / α_t²)."""
+    safeguard: Tensor
+    """A :class:`Safeguard` value, as an int64 tensor."""
+    finite: Tensor
+    """False when the step must be undone (non-finite loss or inner product)."""
+
+
+def curvature_estimate(
+    slope: Tensor,
+    lookahead_slope: Tensor,
+    loss: Tensor | None,
+    lookahead_loss: Tensor | None,
+    curvature: Curvature,
+) -> Tensor:
+    r"""Return C with :math:`g''(\alpha_t) \approx C/\alpha_t^2`.
+
+    Args:
+        slope: :math:`A = \langle \nabla L(\theta_t), d\rangle`.
+        lookahead_slope: :math:`B = \langle \nabla L(\theta_{t+1}), d\rangle`.
+        loss: :math:`L(\theta_t)`; needed for ``curvature="loss"``.
+        lookahead_loss: :math:`L(\theta_{t+1})`; needed for ``curvature="loss"``.
+        curvature: ``"gradient"`` for :math:`C = A - B`, ``"loss"`` for
+            :math:`C = 2(L(\theta_t) - L(\theta_{t+1}) - B)`.
+    """
+    if curvature == "gradient":
+        return slope - lookahead_slope
+    if loss is None or lookahead_loss is None:
+        raise RuntimeError(
+            "curvature='loss' needs the loss at θ_t and at θ_{t+1} on the same batch; "
+            "only step(closure) provides them. Use curvature='gradient' for closure-free steps."
+        )
+    return 2.0 * (loss - lookahead_loss - lookahead_slope)
+
+
+def update_lr(
+    lr: Tensor,
+    slope: Tensor,
+    lookahead_slope: Tensor,
+    loss: Tensor | None = None,
+    lookahead_loss: Tensor | None = None,
+    *,
+    curvature: Curvature = "gradient",
+    gamma: float = 1.0,
+    eps: float = 0.0,
+    lr_min: float = 0.0,
+    lr_max: float = float("inf"),
+    factor_min: float = 0.0,
+    factor_max: float = float("inf"),
+    backoff: float = 1.0,
+    nonconvex_factor: float = 1.0,
+    nonfinite_factor: float = 0.1,
+    update: Update = "log",
+) -> StepSizeUpdate:
+    r"""One safeguarded, damped Newton step on the step size α.
+
+    With :math:`f = 1 + B/C` the Newton factor (see the module docstring), the
+    proposed factor :math:`\hat f` is, by priority:
+
+    1. ``nonfinite_factor`` if any input is NaN/inf (the caller undoes the step);
+    2. 1 if :math:`A = B = 0` (no information, e.g. zero gradients);
+    3. :math:`\min(f, \text{backoff})` if :math:`L(\theta_{t+1}) > L(\theta_t)`;
+    4. ``nonconvex_factor`` if :math:`C \le \varepsilon (|A| + |B|)`
+       (the curvature is not positive);
+    5. :math:`f` otherwise.
+
+    Damping by γ: ``update="log"`` takes :math:`\hat f^{\gamma}`, a step of γ in
+    :math:`\log\alpha` (γ = 0 never changes α; a non-positive :math:`\hat f` is
+    treated as ``factor_min``). ``update="linear"`` takes
+    :math:`1 + \gamma(f - 1)` for the Newton factor only (the seed's rule).
+    The factor is clamped to ``[factor_min, factor_max]`` and
+    :math:`\alpha_{t+1} = \operatorname{clamp}(\alpha_t \hat f, \text{lr\_min}, \text{lr\_max})`.
+
+    With ``gamma=1``, no clamps and ``eps=0`` this is the exact line-search step
+    :math:`\langle\nabla L(\theta_t), u\rangle / (u^\top H u)` on a quadratic.
+
+    Returns:
+        A :class:`StepSizeUpdate` of 0-d tensors in ``lr``'s dtype.
+    """
+    lr = torch.as_tensor(lr)
+    dtype = torch.promote_types(lr.dtype, slope.dtype)
+    A, B = slope.to(dtype), lookahead_slope.to(dtype)
+    L0 = None if loss is None else loss.to(dtype)
+    L1 = None if lookahead_loss is None else lookahead_loss.to(dtype)
+    C = curvature_estimate(A, B, L0, L1, curvature)
+
+    finite = torch.isfinite(A) & torch.isfinite(B) & torch.isfinite(C)
+    if L0 is not None and L1 is not None:
+        finite = finite & torch.isfinite(L0) & torch.isfinite(L1)
+        loss_increase = L1 > L0
+    else:
+        loss_increase = torch.zeros((), dtype=torch.bool, device=A.device)
+    informative = (A != 0) | (B != 0)
+    convex = C > eps * (A.abs() + B.abs())
+
+    one = torch.ones((), dtype=dtype, device=A.device)
+    # g'' > 0: Newton factor f = 1 + B/C (guard the division where C is not positive).
+    newton = 1.0 + B / torch.where(convex, C, one)
+    if update == "linear":
+        newton = 1.0 + gamma * (newton - 1.0)
+
+    factor = torch.where(convex, newton, nonconvex_factor * one)
+    factor = torch.where(loss_increase, torch.minimum(factor, backoff * one), factor)
+    code = torch.where(
+        loss_increase,
+        int(Safeguard.LOSS_INCREASE),
+        torch.where(convex, int(Safeguard.NEWTON), int(Safeguard.NONPOSITIVE_CURVATURE)),
+    )
+    if update == "log":
+        # α ← α·f̂^γ: a step of γ in log α; f̂ ≤ 0 means "shrink as far as allowed".
+        floor = factor_min if factor_min > 0 else torch.finfo(dtype).tiny
+        factor = torch.exp(gamma * torch.log(torch.clamp(factor, min=floor)))
+
+    clamped = torch.clamp(factor, factor_min, factor_max)
+    code = torch.where((clamped != factor) & (code == int(Safeguard.NEWTON)),
+                       int(Safeguard.FACTOR_CLAMP), code)
+    factor = torch.where(informative, clamped, one)
+    code = torch.where(informative, code, int(Safeguard.NO_INFORMATION))
+    factor = torch.where(finite, factor, nonfinite_factor * one)
+    code = torch.where(finite, code, int(Safeguard.NONFINITE))
+
+    proposed = lr.to(dtype) * factor
+    new_lr = torch.clamp(proposed, lr_min, lr_max)
+    code = torch.where((new_lr != proposed) & (code == int(Safeguard.NEWTON)),
+                       int(Safeguard.LR_CLAMP), code)
+    return StepSizeUpdate(new_lr, torch.where(finite, C, C.new_full((), float("nan"))), code, finite)
