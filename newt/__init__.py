@@ -5,6 +5,7 @@ from importlib.metadata import PackageNotFoundError, version
 from newt.optimizer import NewtOptimizer, NewtStats
 from newt.presets import DEFAULT, PRESETS, SEED
 from newt.rule import Safeguard, update_lr
+from newt.scheduler import Newt, NewtConfig
 
 try:
     __version__ = version("newt")
@@ -15,6 +16,8 @@ __all__ = [
     "DEFAULT",
     "PRESETS",
     "SEED",
+    "Newt",
+    "NewtConfig",
     "NewtOptimizer",
     "NewtStats",
     "Safeguard",

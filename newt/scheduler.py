@@ -1,0 +1,413 @@
+r"""``Newt``: the seed project's scheduler API on newt's core.
+
+The seed (``dscamiss/newt``) exposes the method as a learning-rate scheduler
+that the training loop drives by hand::
+
+    optimizer.step()
+    newt.step_setup(loss, x, y)  # lookahead forward/backward at θ_{t+1}
+    newt.step()                  # α_{t+1} from the lookahead
+
+This module keeps that API and its names (:class:`NewtConfig`) but computes
+everything with newt's own pieces: the inner products with
+:func:`newt.functional.group_inner_product` and the new α with
+:func:`newt.rule.update_lr` under the :data:`newt.presets.SEED` constants.
+Unlike the seed it handles several parameter groups (one α each), records the
+current loss in the loss-difference mode, leaves BatchNorm running statistics
+untouched by the lookahead, and saves a ``state_dict`` of tensors and numbers
+keyed by index (no model, loss object or ``Parameter`` keys), so a checkpoint
+resumes and loads with ``torch.load(weights_only=True)``.
+
+For new code, :class:`newt.NewtOptimizer` does the same with a closure and
+no hand-written lookahead.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import warnings
+import weakref
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.optim import Optimizer
+from torch.optim.lr_scheduler import LRScheduler
+
+from newt import functional as F
+from newt.optimizer import _RULE_OPTIONS, NewtOptimizer, _check_options
+from newt.presets import SEED
+from newt.rule import Safeguard, update_lr
+
+__all__ = ["Newt", "NewtConfig"]
+
+_CONFIG_FIELDS = ("use_alternate_approx", "gamma", "epsilon", "lr_clamp_min", "lr_clamp_max")
+
+
+@dataclass
+class NewtConfig:
+    """Configuration of :class:`Newt`, with the seed's names and defaults.
+
+    Attributes:
+        model: the model; ``step_setup`` calls ``model(x)`` at θ_{t+1}.
+        loss_criterion: called as ``loss_criterion(model(x), y)``.
+        use_alternate_approx: ``False`` estimates g''(α) from a difference of
+            gradients (Retsinas et al. 2023); ``True`` from a difference of
+            losses (second-order Taylor expansion of g around α).
+        gamma: damping of the Newton step on α (the seed's linear rule,
+            ``α ← α·(1 + γ·(f − 1))``).
+        epsilon: relative threshold under which the curvature estimate counts
+            as non-positive (α is then kept).
+        lr_clamp_min, lr_clamp_max: clamps on α.
+    """
+
+    model: nn.Module | None = None
+    loss_criterion: Callable[[Any, Any], Tensor] | None = None
+    use_alternate_approx: bool = False
+    gamma: float = SEED["gamma"]
+    epsilon: float = SEED["eps"]
+    lr_clamp_min: float = SEED["lr_min"]
+    lr_clamp_max: float = SEED["lr_max"]
+
+    def rule_options(self) -> dict[str, Any]:
+        """The keyword options of :func:`newt.rule.update_lr` this config stands for.
+
+        The seed's constants that the config does not name come from
+        :data:`newt.presets.SEED`: linear damping, the factor clamped to
+        [0, 1.05], ×0.1 when the loss rises, no change on non-positive curvature.
+        """
+        options = self._options()
+        return {"curvature": options["curvature"],
+                **{name: options[name] for name in _RULE_OPTIONS}}
+
+    def _options(self) -> dict[str, Any]:
+        return {
+            **SEED,
+            "curvature": "loss" if self.use_alternate_approx else "gradient",
+            "gamma": self.gamma,
+            "eps": self.epsilon,
+            "lr_min": self.lr_clamp_min,
+            "lr_max": self.lr_clamp_max,
+        }
+
+
+def _pre_hook(ref: weakref.ref[Newt]) -> Callable[..., None]:
+    def hook(optimizer: Optimizer, args: Any, kwargs: Any) -> None:
+        newt = ref()
+        if newt is not None:
+            newt._before_inner_step()
+    return hook
+
+
+def _post_hook(ref: weakref.ref[Newt]) -> Callable[..., None]:
+    def hook(optimizer: Optimizer, args: Any, kwargs: Any) -> None:
+        newt = ref()
+        if newt is not None:
+            newt._after_inner_step()
+    return hook
+
+
+class Newt(LRScheduler):
+    r"""Learning-rate scheduler that learns each group's α with a Newton step.
+
+    .. math::
+
+        \theta_{t+1} = \theta_t - \alpha_t u_t, \qquad
+        \alpha_{t+1} = \operatorname{clamp}\Big(\alpha_t
+            \big(1 + \gamma\,\tfrac{B_t}{C_t}\big),\
+            \text{lr\_clamp\_min},\ \text{lr\_clamp\_max}\Big)
+
+    where
+
+    - :math:`\alpha_t u_t = \theta_t - \theta_{t+1}` is the step the wrapped
+      ``optimizer`` just took (α is its group's ``lr``);
+    - :math:`B_t = \langle\nabla L(\theta_{t+1}), \theta_t - \theta_{t+1}\rangle`
+      comes from the lookahead that :meth:`step_setup` runs on the same batch,
+      and :math:`A_t` is the same product with :math:`\nabla L(\theta_t)`;
+    - :math:`C_t = A_t - B_t` (``use_alternate_approx=False``) or
+      :math:`2(L(\theta_t) - L(\theta_{t+1}) - B_t)` (``True``);
+    - the seed's safeguards apply (:data:`newt.presets.SEED`): the factor is
+      clamped to [0, 1.05], capped at 0.1 when the lookahead loss is higher
+      than the current one, and 1 when :math:`C_t` is not positive.
+
+    One α per parameter group. Parameters without a gradient are skipped.
+    θ_t is recorded by an optimizer step pre-hook into buffers that ``Newt``
+    owns; the inner optimizer's state is never touched.
+
+    Args:
+        optimizer: the optimizer whose ``lr`` is learned (any
+            ``torch.optim.Optimizer``; not ``differentiable=True``, and not a
+            :class:`newt.NewtOptimizer`, which learns α by itself).
+        config: a :class:`NewtConfig` with the model and loss criterion.
+        last_epoch: as for every ``LRScheduler``; leave it at -1 and resume
+            with :meth:`load_state_dict` instead.
+
+    Example:
+        >>> import torch
+        >>> from newt import Newt, NewtConfig
+        >>> _ = torch.manual_seed(0)
+        >>> model = torch.nn.Linear(3, 1)
+        >>> loss_criterion = torch.nn.MSELoss()
+        >>> optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+        >>> newt = Newt(optimizer, NewtConfig(model=model, loss_criterion=loss_criterion))
+        >>> x, y = torch.randn(32, 3), torch.randn(32, 1)
+        >>> for _ in range(5):
+        ...     optimizer.zero_grad()
+        ...     loss = loss_criterion(model(x), y)
+        ...     loss.backward()
+        ...     optimizer.step()
+        ...     newt.step_setup(loss, x, y)
+        ...     newt.step()
+        >>> newt.get_last_lr()[0] != 0.01
+        True
+
+    References:
+        G. Retsinas, G. Sfikas, P. Filntisis, P. Maragos. Newton-Based
+        Trainable Learning Rate. ICASSP 2023.
+    """
+
+    def __init__(self, optimizer: Optimizer, config: NewtConfig, last_epoch: int = -1) -> None:
+        if isinstance(optimizer, NewtOptimizer):
+            raise TypeError(
+                "Newt(optimizer=...) got a NewtOptimizer, which already learns α; use either "
+                "NewtOptimizer(inner) or Newt(inner, config), not both"
+            )
+        if not isinstance(optimizer, Optimizer):
+            raise TypeError(
+                "Newt(optimizer=...) must be a torch.optim.Optimizer, got "
+                f"{type(optimizer).__name__}"
+            )
+        if not isinstance(config, NewtConfig):
+            raise TypeError(f"Newt(config=...) must be a NewtConfig, got {type(config).__name__}")
+        if not isinstance(config.model, nn.Module):
+            raise TypeError(
+                "NewtConfig(model=...) must be a torch.nn.Module, got "
+                f"{type(config.model).__name__}; "
+                "step_setup runs the model again at the new parameters"
+            )
+        if not callable(config.loss_criterion):
+            raise TypeError(
+                "NewtConfig(loss_criterion=...) must be callable as loss_criterion(model(x), y), "
+                f"got {type(config.loss_criterion).__name__}"
+            )
+        _check_options(config._options(), "NewtConfig")
+        for i, group in enumerate(optimizer.param_groups):
+            if group.get("differentiable", False):
+                raise RuntimeError(
+                    f"Newt: param_groups[{i}] has differentiable=True, which is not supported; "
+                    "build the optimizer with differentiable=False"
+                )
+        self.config = config
+        # Per group: indices of the parameters stepped, θ_t buffers (reused across
+        # steps), and the scalars of the pending α update.
+        self._indices: list[list[int]] = []
+        self._snapshots: dict[tuple[int, int], Tensor] = {}
+        self._pending: list[dict[str, Tensor]] | None = None
+        self._stage = "idle"  # idle → stepped (optimizer.step) → ready (step_setup) → idle
+        self._safeguards: list[Tensor | None] = []
+        self._warned_no_setup = False
+        ref = weakref.ref(self)
+        self._hooks = [optimizer.register_step_pre_hook(_pre_hook(ref)),
+                       optimizer.register_step_post_hook(_post_hook(ref))]
+        super().__init__(optimizer, last_epoch)
+
+    # ------------------------------------------------------------------ hooks
+    def _params(self, gi: int) -> list[Tensor]:
+        params = self.optimizer.param_groups[gi]["params"]
+        return [params[i] for i in self._indices[gi]]
+
+    def _snaps(self, gi: int) -> list[Tensor]:
+        return [self._snapshots[gi, i] for i in self._indices[gi]]
+
+    @torch.no_grad()
+    def _before_inner_step(self) -> None:
+        """Record θ_t (the parameters the inner step will move) into newt's buffers."""
+        self._indices = []
+        for gi, group in enumerate(self.optimizer.param_groups):
+            indices = [i for i, p in enumerate(group["params"])
+                       if p.requires_grad and p.grad is not None]
+            self._indices.append(indices)
+            for i in indices:
+                p = group["params"][i]
+                s = self._snapshots.get((gi, i))
+                if s is None or s.shape != p.shape or s.dtype != p.dtype or s.device != p.device:
+                    self._snapshots[gi, i] = torch.empty_like(
+                        p, memory_format=torch.preserve_format)
+            F.copy_snapshot(self._snaps(gi), self._params(gi))
+        self._pending = None
+        self._stage = "snapshot"
+
+    @torch.no_grad()
+    def _after_inner_step(self) -> None:
+        """A_t = ⟨∇L(θ_t), θ_t − θ_{t+1}⟩ per group, while p.grad still holds ∇L(θ_t)."""
+        pending = []
+        for gi in range(len(self.optimizer.param_groups)):
+            params = self._params(gi)
+            grads = [p.grad for p in params]
+            pending.append({"slope": self._inner_product(grads, gi)} if params else {})
+        self._pending = pending
+        self._stage = "stepped"
+
+    def _inner_product(self, grads: list[Tensor], gi: int) -> Tensor:
+        params = self._params(gi)
+        dtype = torch.promote_types(torch.float32, max((p.dtype for p in params),
+                                                      key=lambda d: d.itemsize))
+        dtype = dtype.to_real() if dtype.is_complex else dtype
+        return F.group_inner_product(grads, self._snaps(gi), params, out_dtype=dtype)
+
+    # ------------------------------------------------------------------ the seed's API
+    def step_setup(self, loss: Tensor, x: Any, y: Any) -> None:
+        """Run the lookahead at θ_{t+1} on the batch ``(x, y)`` that gave ``loss``.
+
+        Call it right after ``optimizer.step()``. It evaluates
+        ``loss_criterion(model(x), y)`` at the new parameters and its gradient
+        (with ``torch.autograd.grad``: the ``.grad`` fields are left as they
+        are), records ``loss`` as :math:`L(\\theta_t)`, and restores the
+        model's buffers afterwards so BatchNorm running statistics are updated
+        once per step. The model stays in its mode: dropout draws fresh masks.
+
+        Args:
+            loss: the loss at θ_t on this batch (the one ``backward()`` was called on).
+            x: the model input of this batch.
+            y: the target of this batch.
+        """
+        if self._stage != "stepped" or self._pending is None:
+            raise RuntimeError(
+                "Newt.step_setup() must follow optimizer.step(): call optimizer.step() first, "
+                "then newt.step_setup(loss, x, y), then newt.step()"
+            )
+        if not isinstance(loss, Tensor) or loss.numel() != 1:
+            raise TypeError(
+                "Newt.step_setup(loss=...) must be the scalar loss tensor of this batch, got "
+                f"{type(loss).__name__}"
+                + (f" of shape {tuple(loss.shape)}" if isinstance(loss, Tensor) else "")
+            )
+        model, criterion = self.config.model, self.config.loss_criterion
+        assert model is not None and criterion is not None  # checked in __init__
+        flat = [p for gi in range(len(self._indices)) for p in self._params(gi)]
+        buffers = list(model.buffers())
+        with torch.no_grad():
+            saved = [b.clone() for b in buffers]
+        try:
+            with torch.enable_grad():
+                lookahead_loss = criterion(model(x), y)
+                grads = torch.autograd.grad(lookahead_loss, flat, allow_unused=True) if flat else ()
+        finally:
+            with torch.no_grad():
+                for b, s in zip(buffers, saved, strict=True):
+                    b.copy_(s)  # the lookahead must not move BatchNorm running statistics
+        with torch.no_grad():
+            it = iter(grads)
+            for gi, st in enumerate(self._pending):
+                params = self._params(gi)
+                if not params:
+                    continue
+                g = [next(it) for _ in params]
+                g = [torch.zeros_like(p) if gp is None else gp for gp, p in zip(g, params,
+                                                                               strict=True)]
+                st["lookahead_slope"] = self._inner_product(g, gi)
+                st["loss"] = loss.detach().reshape(())
+                st["lookahead_loss"] = lookahead_loss.detach().reshape(())
+        self._stage = "ready"
+
+    def get_lr(self) -> list[float | Tensor]:
+        """The next α of each group (the current one where there is nothing to learn from)."""
+        current = [g["lr"] for g in self.optimizer.param_groups]
+        if self._is_initial:
+            return [lr.clone() if isinstance(lr, Tensor) else lr for lr in current]
+        if self._stage != "ready":
+            if not self._warned_no_setup:
+                warnings.warn(
+                    "Newt.step() was called without optimizer.step() and "
+                    "newt.step_setup(loss, x, y) before it; the learning rates are left unchanged",
+                    RuntimeWarning, stacklevel=3,
+                )
+                self._warned_no_setup = True
+            self._safeguards = [None] * len(current)
+            return [lr.clone() if isinstance(lr, Tensor) else lr for lr in current]
+        assert self._pending is not None
+        options = self.config.rule_options()
+        out: list[float | Tensor] = []
+        self._safeguards = []
+        for gi, (lr, st) in enumerate(zip(current, self._pending, strict=True)):
+            if "lookahead_slope" not in st:  # no parameter of this group moved
+                out.append(lr.clone() if isinstance(lr, Tensor) else lr)
+                self._safeguards.append(None)
+                continue
+            lr_t = lr.detach() if isinstance(lr, Tensor) else torch.tensor(lr, dtype=torch.float64)
+            result = update_lr(lr_t, st["slope"], st["lookahead_slope"], st["loss"],
+                               st["lookahead_loss"], **options)
+            with torch.no_grad():
+                F.restore_where(result.finite, self._params(gi), self._snaps(gi))  # undo NaN steps
+            self._safeguards.append(result.safeguard)
+            out.append(result.lr.to(lr.dtype) if isinstance(lr, Tensor) else result.lr.item())
+        self._pending = None
+        self._stage = "idle"
+        return out
+
+    def last_safeguards(self) -> list[str | None]:
+        """Per group, the :class:`newt.rule.Safeguard` that decided the last α (lower case).
+
+        ``None`` for a group whose α was not updated at the last :meth:`step`.
+        """
+        return [None if s is None else Safeguard(int(s)).name.lower() for s in self._safeguards]
+
+    # ------------------------------------------------------------------ state
+    def state_dict(self) -> dict[str, Any]:
+        """Counters, learning rates, the config's numbers and a pending update.
+
+        Plain numbers, lists, dicts keyed by index and tensors only: no model,
+        no loss object, no ``Parameter`` keys; ``torch.load(weights_only=True)``
+        reads it back. θ_t buffers are saved only between ``optimizer.step()``
+        and :meth:`step`, when they are still needed.
+        """
+        state: dict[str, Any] = {
+            "last_epoch": self.last_epoch,
+            "_step_count": self._step_count,
+            "base_lrs": list(self.base_lrs),
+            "_last_lr": list(self._last_lr),
+            "config": {name: getattr(self.config, name) for name in _CONFIG_FIELDS},
+            "stage": self._stage,
+            "safeguards": list(self._safeguards),
+        }
+        if self._stage in ("stepped", "ready"):
+            state["indices"] = [list(ix) for ix in self._indices]
+            state["snapshots"] = [[s.clone() for s in self._snaps(gi)]
+                                  for gi in range(len(self._indices))]
+            state["pending"] = [dict(st) for st in self._pending or []]
+        return state
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Load a :meth:`state_dict`; the config's model and loss criterion are kept."""
+        missing = {"last_epoch", "_step_count", "base_lrs", "_last_lr", "config"} - set(state_dict)
+        if missing:
+            raise ValueError(
+                f"Newt.load_state_dict: missing {sorted(missing)}; this is not a Newt state_dict "
+                "(the seed's Newt saved the model object instead and cannot be resumed)"
+            )
+        groups = len(self.optimizer.param_groups)
+        if len(state_dict["_last_lr"]) != groups:
+            raise ValueError(
+                f"Newt.load_state_dict: the state has {len(state_dict['_last_lr'])} parameter "
+                f"group(s) but the optimizer has {groups}"
+            )
+        self.last_epoch = state_dict["last_epoch"]
+        self._step_count = state_dict["_step_count"]
+        self.base_lrs = list(state_dict["base_lrs"])
+        self._last_lr = list(state_dict["_last_lr"])
+        self.config = dataclasses.replace(self.config, **state_dict["config"])
+        self._safeguards = list(state_dict.get("safeguards", [None] * groups))
+        self._stage = state_dict.get("stage", "idle")
+        self._pending = None
+        if self._stage in ("stepped", "ready"):
+            self._indices = [list(ix) for ix in state_dict["indices"]]
+            self._snapshots = {}
+            for gi, (ix, snaps) in enumerate(zip(self._indices, state_dict["snapshots"],
+                                                 strict=True)):
+                for i, s in zip(ix, snaps, strict=True):
+                    p = self.optimizer.param_groups[gi]["params"][i]
+                    self._snapshots[gi, i] = s.to(device=p.device, dtype=p.dtype).clone()
+            self._pending = [dict(st) for st in state_dict["pending"]]
+        else:
+            self._stage = "idle"
