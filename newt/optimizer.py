@@ -36,12 +36,16 @@ from torch.optim import Optimizer
 
 from newt import functional as F
 from newt.presets import PRESETS
-from newt.rule import Safeguard, update_lr
+from newt.rule import Safeguard, average_derivatives, curvature_estimate, gradient_difference, newton_update
 
 __all__ = ["NewtOptimizer", "NewtStats"]
 
+_RULE_OPTIONS = (
+    "update", "gamma", "eps", "lr_min", "lr_max", "factor_min", "factor_max", "backoff",
+    "nonconvex_factor", "nonfinite_factor",
+)
 _OPTIONS = (
-    "curvature", "update", "gamma", "eps", "lr_min", "lr_max", "factor_min",
+    "curvature", "slope", "beta", "update", "gamma", "eps", "lr_min", "lr_max", "factor_min",
     "factor_max", "backoff", "nonconvex_factor", "nonfinite_factor",
 )
 _STATE_KEY = "newt"  # per-group state lives in group["newt"], so state_dict() carries it
@@ -71,7 +75,7 @@ def _check_options(options: dict[str, Any], where: str) -> None:
         raise ValueError(f"{where}: invalid {name}={options[name]!r}; {fix}")
 
     for name in _OPTIONS:
-        if name in ("curvature", "update"):
+        if name in ("curvature", "slope", "update"):
             continue
         value = options[name]
         if isinstance(value, bool) or not isinstance(value, (int, float)):
@@ -80,10 +84,14 @@ def _check_options(options: dict[str, Any], where: str) -> None:
             fail(name, "it must not be NaN")
     if options["curvature"] not in ("gradient", "loss"):
         fail("curvature", "use 'gradient' (gradient difference) or 'loss' (loss difference)")
+    if options["slope"] not in ("next_batch", "same_batch"):
+        fail("slope", "use 'next_batch' (lookahead slope from the next batch) or 'same_batch'")
     if options["update"] not in ("log", "linear"):
         fail("update", "use 'log' (damped step in log α) or 'linear' (the seed's rule)")
     if not 0.0 <= options["gamma"] <= 1.0:
         fail("gamma", "the damping must lie in [0, 1] (0 freezes α, 1 is a full Newton step)")
+    if not 0.0 <= options["beta"] < 1.0:
+        fail("beta", "the averaging coefficient must lie in [0, 1) (0 turns averaging off)")
     if options["eps"] < 0:
         fail("eps", "it must be >= 0")
     if not options["lr_min"] >= 0:
@@ -257,7 +265,7 @@ class NewtOptimizer(Optimizer):
 
     # ------------------------------------------------------------------ inspection
     def last_stats(self) -> list[NewtStats | None]:
-        """Per group, the last step's α, g′, g″, losses and safeguard (``None`` before any).
+        """Per group, the last α update: α, g′, g″, losses and safeguard (``None`` before any).
 
         Reading converts tensors to Python numbers (a host sync); a step that
         is not read pays nothing for it.
@@ -265,21 +273,27 @@ class NewtOptimizer(Optimizer):
         out: list[NewtStats | None] = []
         for group in self.param_groups:
             st = group.get(_STATE_KEY)
-            if st is None or "safeguard" not in st:
+            if st is None:
                 out.append(None)
                 continue
-            lr = float(st["used_lr"])
-            def opt_float(key: str) -> float | None:
-                return None if key not in st else float(st[key])
+            next_lr = float(self._alpha(group))
+            lr = float(st["used_lr"]) if "used_lr" in st else next_lr
+
+            def number(key: str, st: dict[str, Any] = st) -> float | None:
+                return float(st[key]) if key in st else None
+
+            lookahead_slope, curvature = number("lookahead_slope"), number("curvature")
             out.append(
                 NewtStats(
                     lr=lr,
-                    next_lr=float(self._alpha(group)),
-                    slope=-float(st["lookahead_slope"]) / lr if lr else float("nan"),
-                    curvature=float(st["curvature"]) / lr**2 if lr else float("nan"),
-                    loss=opt_float("loss"),
-                    lookahead_loss=opt_float("lookahead_loss"),
-                    safeguard=Safeguard(int(st["safeguard"])).name.lower(),
+                    next_lr=next_lr,
+                    # g'(α) = −B/α and g''(α) ≈ C/α² (newt.rule).
+                    slope=-lookahead_slope / lr if lookahead_slope is not None and lr
+                    else float("nan"),
+                    curvature=curvature / lr**2 if curvature is not None and lr else float("nan"),
+                    loss=number("loss"),
+                    lookahead_loss=number("lookahead_loss"),
+                    safeguard=Safeguard(int(st.get("safeguard", Safeguard.FIRST_STEP))).name.lower(),
                     step=int(st["step"]),
                 )
             )
@@ -372,26 +386,41 @@ class NewtOptimizer(Optimizer):
         return F.group_inner_product(grads, snapshots, params, out_dtype=dtype,
                                      foreach=self.foreach)
 
-    def _update(self, group: dict[str, Any], st: dict[str, Any], lookahead_slope: Tensor,
-                loss: Tensor | None, lookahead_loss: Tensor | None) -> Tensor:
-        """Apply the α rule to one group; returns the "step was finite" flag."""
-        options = {name: group[name] for name in _OPTIONS}
-        alpha = self._alpha(group)
-        alpha_t = alpha if isinstance(alpha, Tensor) else torch.tensor(
-            alpha, dtype=torch.float64, device=st["step"].device)
-        result = update_lr(alpha_t, st["slope"], lookahead_slope, loss, lookahead_loss, **options)
-        # After a non-finite step the stored slope is stale: keep α (FIRST_STEP).
-        valid = st["valid"]
-        new_alpha = torch.where(valid, result.lr, alpha_t.to(result.lr.dtype))
-        st["used_lr"] = alpha_t.detach().clone()
+    def _newton(self, group: dict[str, Any], st: dict[str, Any], lookahead_slope: Tensor) -> Tensor:
+        """Move one group's α with the pending step's slope and this lookahead slope.
+
+        Returns the "values were finite" flag (true when there was nothing pending).
+        """
+        slope = st["pending_slope"]
+        curvature = st.pop("pending_curvature", None)
+        if curvature is None:  # closure-free: both gradients come from different batches
+            curvature = gradient_difference(slope, lookahead_slope)
+        alpha = self._alpha_tensor(group, st)
+        valid = st["valid"]  # false on the first step and after an undone step
+        if group["beta"] > 0:
+            if "average" not in st:
+                st["average"] = torch.zeros(3, dtype=torch.float64, device=slope.device)
+            keep = valid & torch.isfinite(lookahead_slope) & torch.isfinite(curvature)
+            lookahead_slope, curvature, st["average"] = average_derivatives(
+                st["average"], alpha, lookahead_slope, curvature, keep, group["beta"])
+        result = newton_update(
+            alpha, slope, lookahead_slope, curvature,
+            loss_increase=st.pop("pending_loss_increase", None),
+            **{name: group[name] for name in _RULE_OPTIONS},
+        )
+        st["used_lr"] = alpha.clone()
         st["lookahead_slope"] = lookahead_slope
         st["curvature"] = result.curvature
         st["safeguard"] = torch.where(valid, result.safeguard, int(Safeguard.FIRST_STEP))
-        if loss is not None and lookahead_loss is not None:
-            st["loss"], st["lookahead_loss"] = loss.detach(), lookahead_loss.detach()
         st["step"] += 1
-        self._set_alpha(group, new_alpha.to(alpha_t.dtype))
+        self._set_alpha(group, torch.where(valid, result.lr, alpha.to(result.lr.dtype)))
         return result.finite | ~valid
+
+    def _alpha_tensor(self, group: dict[str, Any], st: dict[str, Any]) -> Tensor:
+        alpha = self._alpha(group)
+        if isinstance(alpha, Tensor):
+            return alpha.detach()
+        return torch.tensor(alpha, dtype=torch.float64, device=st["step"].device)
 
     # ------------------------------------------------------------------ step
     @torch.no_grad()
@@ -411,13 +440,20 @@ class NewtOptimizer(Optimizer):
             )
         return self._step_with_closure(closure)
 
-    def _step_without_closure(self) -> None:
-        for group in self.param_groups:
-            if group["curvature"] == "loss":
+    def _check_mode(self, closure_free: bool) -> None:
+        if not closure_free:
+            return
+        for i, group in enumerate(self.param_groups):
+            if group["curvature"] == "loss" or group["slope"] == "same_batch":
+                option = "curvature='loss'" if group["curvature"] == "loss" else "slope='same_batch'"
                 raise RuntimeError(
-                    "curvature='loss' needs L(θ_t) and L(θ_{t+1}) on the same batch, which only "
-                    "step(closure) provides; pass a closure or use curvature='gradient'"
+                    f"param_groups[{i}]: {option} needs a second evaluation on the same batch, "
+                    "which only step(closure) provides; pass a closure, or use "
+                    "curvature='gradient' and slope='next_batch' for closure-free steps"
                 )
+
+    def _step_without_closure(self) -> None:
+        self._check_mode(closure_free=True)
         self._reuse = None
         lists = []
         for group in self.param_groups:
@@ -426,10 +462,9 @@ class NewtOptimizer(Optimizer):
             if not params:
                 continue
             st = self._group_state(group, params[0])
-            if "slope" in st:
-                # The gradient of this batch at θ_t is the lookahead of the last step.
-                finite = self._update(group, st, self._inner_product(grads, snapshots, params),
-                                      None, None)
+            if "pending_slope" in st:
+                # This batch's gradient at θ_t is the lookahead of the last step.
+                finite = self._newton(group, st, self._inner_product(grads, snapshots, params))
                 F.restore_where(finite, params, snapshots)  # undo a step that went non-finite
                 F.zero_where(finite, grads)  # keep NaN out of the inner optimizer's state
             F.copy_snapshot(snapshots, params, foreach=self.foreach)
@@ -437,8 +472,8 @@ class NewtOptimizer(Optimizer):
         for group, (params, grads, snapshots) in zip(self.param_groups, lists, strict=True):
             if params:
                 st = group[_STATE_KEY]
-                st["slope"] = self._inner_product(grads, snapshots, params)
-                st["valid"] = torch.isfinite(st["slope"])
+                st["pending_slope"] = self._inner_product(grads, snapshots, params)
+                st["valid"] = torch.isfinite(st["pending_slope"])
 
     def _evaluate(self, closure: Callable[[], Any]) -> Tensor:
         with torch.enable_grad():
@@ -488,29 +523,51 @@ class NewtOptimizer(Optimizer):
         for group in self.param_groups:
             params, grads, snapshots = self._init_group(group)
             lists.append((params, snapshots))
-            if params:
-                F.copy_snapshot(snapshots, params, foreach=self.foreach)
+            if not params:
+                continue
+            st = self._group_state(group, params[0])
+            if group["slope"] == "next_batch" and "pending_slope" in st:
+                # Slope at θ_t along the last displacement, from this (fresh) batch:
+                # free of the correlation between the last batch and its own update.
+                self._newton(group, st, self._inner_product(grads, snapshots, params))
+            F.copy_snapshot(snapshots, params, foreach=self.foreach)
         self._inner_step()
-        for group, (params, snapshots) in zip(self.param_groups, lists, strict=True):
-            if params:
-                st = self._group_state(group, params[0])
-                st["slope"] = self._inner_product([p.grad for p in params], snapshots, params)
-                st["valid"] = torch.ones((), dtype=torch.bool, device=st["step"].device)
+        slopes = [self._inner_product([p.grad for p in params], snapshots, params)
+                  if params else None for params, snapshots in lists]
 
-        lookahead_loss = self._evaluate(closure)
-        all_finite = torch.isfinite(lookahead_loss.detach())
-        for group, (params, snapshots) in zip(self.param_groups, lists, strict=True):
+        lookahead_loss = self._evaluate(closure).detach()
+        loss_t = loss.detach()
+        all_finite = torch.isfinite(lookahead_loss)
+        for group, (params, snapshots), slope in zip(self.param_groups, lists, slopes, strict=True):
             if not params:
                 continue
             st = group[_STATE_KEY]
+            st["loss"], st["lookahead_loss"] = loss_t, lookahead_loss
             grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
             lookahead_slope = self._inner_product(grads, snapshots, params)
-            finite = self._update(group, st, lookahead_slope, loss.detach(),
-                                  lookahead_loss.detach())
+            curvature = curvature_estimate(slope, lookahead_slope, loss_t, lookahead_loss,
+                                           group["curvature"])
+            finite = (torch.isfinite(slope) & torch.isfinite(lookahead_slope)
+                      & torch.isfinite(curvature) & torch.isfinite(lookahead_loss))
+            st["pending_slope"] = slope
+            st["pending_curvature"] = curvature
+            st["pending_loss_increase"] = lookahead_loss > loss_t
+            st["valid"] = torch.ones((), dtype=torch.bool, device=slope.device)
+            if group["slope"] == "same_batch":
+                self._newton(group, st, lookahead_slope)  # the seed's rule: same-batch slope
+                st.pop("pending_slope")
+            else:
+                # Undone steps shrink α now; the Newton step waits for the next batch.
+                alpha = self._alpha_tensor(group, st)
+                shrunk = torch.clamp(alpha * group["nonfinite_factor"], group["lr_min"],
+                                     group["lr_max"])
+                self._set_alpha(group, torch.where(finite, alpha, shrunk.to(alpha.dtype)))
+                st["safeguard"] = torch.where(finite, st.get("safeguard", 0),
+                                              int(Safeguard.NONFINITE))
+                st["valid"] = finite
             F.restore_where(finite, params, snapshots)  # undo a step that went non-finite
-            all_finite = all_finite & finite.to(all_finite.device)
+            all_finite = all_finite & finite
         if self.reuse_lookahead and bool(all_finite):
             # θ_{t+1} was kept: its loss and gradients are the next step's first evaluation.
             self._reuse = (closure, lookahead_loss, self._versions())
         return loss
-

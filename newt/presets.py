@@ -18,6 +18,8 @@ __all__ = ["DEFAULT", "PRESETS", "SEED"]
 DEFAULT: MappingProxyType[str, Any] = MappingProxyType(
     {
         "curvature": "gradient",
+        "slope": "next_batch",
+        "beta": 0.0,
         "update": "log",
         "gamma": 0.5,
         "eps": 1e-6,
@@ -26,7 +28,7 @@ DEFAULT: MappingProxyType[str, Any] = MappingProxyType(
         "factor_min": 0.5,
         "factor_max": 2.0,
         "backoff": 0.5,
-        "nonconvex_factor": 2.0,
+        "nonconvex_factor": 1.25,
         "nonfinite_factor": 0.1,
     }
 )
@@ -34,6 +36,8 @@ DEFAULT: MappingProxyType[str, Any] = MappingProxyType(
 SEED: MappingProxyType[str, Any] = MappingProxyType(
     {
         "curvature": "gradient",
+        "slope": "same_batch",
+        "beta": 0.0,
         "update": "linear",
         "gamma": 1e-3,
         "eps": 1e-9,

@@ -39,7 +39,11 @@ __all__ = [
     "Safeguard",
     "StepSizeUpdate",
     "Update",
+    "average_derivatives",
     "curvature_estimate",
+    "gradient_difference",
+    "loss_difference",
+    "newton_update",
     "update_lr",
 ]
 
@@ -81,6 +85,17 @@ class StepSizeUpdate(NamedTuple):
     """False when the step must be undone (non-finite loss or inner product)."""
 
 
+def gradient_difference(slope: Tensor, lookahead_slope: Tensor) -> Tensor:
+    r"""Gradient-difference curvature (Retsinas et al. 2023, eq. 7): :math:`C = A - B`."""
+    return slope - lookahead_slope
+
+
+def loss_difference(loss: Tensor, lookahead_loss: Tensor, lookahead_slope: Tensor) -> Tensor:
+    r"""Loss-difference curvature (second-order Taylor of :math:`g_t` around :math:`\alpha_t`):
+    :math:`C = 2\,(L(\theta_t) - L(\theta_{t+1}) - B)`."""
+    return 2.0 * (loss - lookahead_loss - lookahead_slope)
+
+
 def curvature_estimate(
     slope: Tensor,
     lookahead_slope: Tensor,
@@ -88,24 +103,66 @@ def curvature_estimate(
     lookahead_loss: Tensor | None,
     curvature: Curvature,
 ) -> Tensor:
-    r"""Return C with :math:`g''(\alpha_t) \approx C/\alpha_t^2`.
+    r"""Return C with :math:`g''(\alpha_t) \approx C/\alpha_t^2`, by the named estimate.
 
     Args:
         slope: :math:`A = \langle \nabla L(\theta_t), d\rangle`.
-        lookahead_slope: :math:`B = \langle \nabla L(\theta_{t+1}), d\rangle`.
+        lookahead_slope: :math:`B = \langle \nabla L(\theta_{t+1}), d\rangle` on the same batch.
         loss: :math:`L(\theta_t)`; needed for ``curvature="loss"``.
         lookahead_loss: :math:`L(\theta_{t+1})`; needed for ``curvature="loss"``.
-        curvature: ``"gradient"`` for :math:`C = A - B`, ``"loss"`` for
-            :math:`C = 2(L(\theta_t) - L(\theta_{t+1}) - B)`.
+        curvature: ``"gradient"`` (:func:`gradient_difference`) or ``"loss"``
+            (:func:`loss_difference`).
     """
     if curvature == "gradient":
-        return slope - lookahead_slope
+        return gradient_difference(slope, lookahead_slope)
     if loss is None or lookahead_loss is None:
         raise RuntimeError(
             "curvature='loss' needs the loss at θ_t and at θ_{t+1} on the same batch; "
             "only step(closure) provides them. Use curvature='gradient' for closure-free steps."
         )
-    return 2.0 * (loss - lookahead_loss - lookahead_slope)
+    return loss_difference(loss, lookahead_loss, lookahead_slope)
+
+
+def average_derivatives(
+    average: Tensor,
+    lr: Tensor,
+    lookahead_slope: Tensor,
+    curvature: Tensor,
+    keep: Tensor,
+    beta: float,
+) -> tuple[Tensor, Tensor, Tensor]:
+    r"""Exponential moving averages of :math:`g_t'(\alpha_t)` and :math:`g_t''(\alpha_t)`.
+
+    With :math:`g' = -B/\alpha` and :math:`g'' \approx C/\alpha^2` (scale-free in α),
+
+    .. math::
+
+        m_1 \leftarrow \beta m_1 + (1-\beta)\, g', \qquad
+        m_2 \leftarrow \beta m_2 + (1-\beta)\, g'', \qquad n \leftarrow n + 1,
+
+    and the averaged, bias-corrected :math:`B, C` at the current α are returned:
+    :math:`\bar B = -\alpha\, m_1 / (1-\beta^n)`, :math:`\bar C = \alpha^2 m_2 / (1-\beta^n)`.
+    Where ``keep`` is false (non-finite or stale values) the averages do not move.
+
+    Args:
+        average: the state ``[m_1, m_2, n]`` as a tensor of shape (3,).
+        lr: α_t.
+        lookahead_slope: B.
+        curvature: C.
+        keep: whether this step's values may enter the average.
+        beta: the averaging coefficient in [0, 1).
+
+    Returns:
+        ``(B̄, C̄, new_average)``.
+    """
+    dtype = average.dtype
+    lr = lr.to(dtype)
+    values = torch.stack([-lookahead_slope.to(dtype) / lr, curvature.to(dtype) / lr**2])
+    moved = torch.cat([beta * average[:2] + (1 - beta) * values, (average[2:] + 1)])
+    new = torch.where(keep, moved, average)
+    correction = 1 - beta ** torch.clamp(new[2], min=1.0)
+    mean = new[:2] / correction
+    return -lr * mean[0], lr**2 * mean[1], new
 
 
 def update_lr(
@@ -116,6 +173,32 @@ def update_lr(
     lookahead_loss: Tensor | None = None,
     *,
     curvature: Curvature = "gradient",
+    **options: float | str,
+) -> StepSizeUpdate:
+    r"""One safeguarded Newton step on α from a single lookahead on one batch.
+
+    Forms :math:`C` with :func:`curvature_estimate` and the loss-increase flag
+    :math:`L(\theta_{t+1}) > L(\theta_t)` (when both losses are given), then
+    calls :func:`newton_update`. ``options`` are those of :func:`newton_update`.
+    """
+    A, B = slope, lookahead_slope
+    C = curvature_estimate(A, B, loss, lookahead_loss, curvature)
+    increase = None
+    finite = None
+    if loss is not None and lookahead_loss is not None:
+        increase = lookahead_loss > loss
+        finite = torch.isfinite(loss) & torch.isfinite(lookahead_loss)
+    return newton_update(lr, A, B, C, loss_increase=increase, losses_finite=finite, **options)
+
+
+def newton_update(
+    lr: Tensor,
+    slope: Tensor,
+    lookahead_slope: Tensor,
+    curvature: Tensor,
+    *,
+    loss_increase: Tensor | None = None,
+    losses_finite: Tensor | None = None,
     gamma: float = 1.0,
     eps: float = 0.0,
     lr_min: float = 0.0,
@@ -129,12 +212,13 @@ def update_lr(
 ) -> StepSizeUpdate:
     r"""One safeguarded, damped Newton step on the step size α.
 
-    With :math:`f = 1 + B/C` the Newton factor (see the module docstring), the
-    proposed factor :math:`\hat f` is, by priority:
+    With :math:`A` the slope, :math:`B` the lookahead slope and :math:`C` the
+    curvature estimate (see the module docstring), the Newton factor is
+    :math:`f = 1 + B/C` and the proposed factor :math:`\hat f` is, by priority:
 
     1. ``nonfinite_factor`` if any input is NaN/inf (the caller undoes the step);
     2. 1 if :math:`A = B = 0` (no information, e.g. zero gradients);
-    3. :math:`\min(f, \text{backoff})` if :math:`L(\theta_{t+1}) > L(\theta_t)`;
+    3. :math:`\min(f, \text{backoff})` if ``loss_increase``;
     4. ``nonconvex_factor`` if :math:`C \le \varepsilon (|A| + |B|)`
        (the curvature is not positive);
     5. :math:`f` otherwise.
@@ -150,26 +234,23 @@ def update_lr(
     :math:`\langle\nabla L(\theta_t), u\rangle / (u^\top H u)` on a quadratic.
 
     Returns:
-        A :class:`StepSizeUpdate` of 0-d tensors in ``lr``'s dtype.
+        A :class:`StepSizeUpdate` of 0-d tensors in the promoted dtype of ``lr``
+        and the inner products.
     """
     lr = torch.as_tensor(lr)
     dtype = torch.promote_types(lr.dtype, slope.dtype)
-    A, B = slope.to(dtype), lookahead_slope.to(dtype)
-    L0 = None if loss is None else loss.to(dtype)
-    L1 = None if lookahead_loss is None else lookahead_loss.to(dtype)
-    C = curvature_estimate(A, B, L0, L1, curvature)
+    A, B, C = slope.to(dtype), lookahead_slope.to(dtype), curvature.to(dtype)
+    one = torch.ones((), dtype=dtype, device=A.device)
 
     finite = torch.isfinite(A) & torch.isfinite(B) & torch.isfinite(C)
-    if L0 is not None and L1 is not None:
-        finite = finite & torch.isfinite(L0) & torch.isfinite(L1)
-        loss_increase = L1 > L0
-    else:
+    if losses_finite is not None:
+        finite = finite & losses_finite
+    if loss_increase is None:
         loss_increase = torch.zeros((), dtype=torch.bool, device=A.device)
     informative = (A != 0) | (B != 0)
     convex = C > eps * (A.abs() + B.abs())
 
-    one = torch.ones((), dtype=dtype, device=A.device)
-    # g'' > 0: Newton factor f = 1 + B/C (guard the division where C is not positive).
+    # g'' > 0: Newton factor f = 1 + B/C (the division is guarded where C is not positive).
     newton = 1.0 + B / torch.where(convex, C, one)
     if update == "linear":
         newton = 1.0 + gamma * (newton - 1.0)
@@ -198,4 +279,4 @@ def update_lr(
     new_lr = torch.clamp(proposed, lr_min, lr_max)
     code = torch.where((new_lr != proposed) & (code == int(Safeguard.NEWTON)),
                        int(Safeguard.LR_CLAMP), code)
-    return StepSizeUpdate(new_lr, torch.where(finite, C, C.new_full((), float("nan"))), code, finite)
+    return StepSizeUpdate(new_lr, C, code, finite)
