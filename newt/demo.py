@@ -155,7 +155,7 @@ class _Progress:
         self.bar.close()
 
 
-def _format_table(rows: Sequence[tuple[Run, str]], budget: int) -> str:
+def _format_table(rows: Sequence[tuple[Run, str]]) -> str:
     head = f"{'run':<44} {'evals/step':>10} {'evals':>6} {'train loss':>11} " \
            f"{'test acc':>9} {'final lr':>9}"
     lines = [head, "-" * len(head)]
@@ -271,7 +271,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     print(f"digits, MLP 64-64-10 (tanh), batches of 64; {budget} gradient evaluations per run "
           f"(one evaluation = forward + backward on one batch)")
-    print(_format_table(rows, budget))
+    print(_format_table(rows))
     print("grid of fixed learning rates (final training loss): " + ", ".join(
         f"{lr:g}: {r.train_loss:.3g}" for lr, r in zip(grid, tuned, strict=True))
         + f"  [tuning cost {len(grid)} runs, {len(grid) * budget} evaluations]")

@@ -133,7 +133,9 @@ class Newt(LRScheduler):
 
     One α per parameter group. Parameters without a gradient are skipped.
     θ_t is recorded by an optimizer step pre-hook into buffers that ``Newt``
-    owns; the inner optimizer's state is never touched.
+    owns; the inner optimizer's state is never touched. With several groups
+    and ``use_alternate_approx=True``, the loss difference is that of the whole
+    step, all groups together; the gradient difference is per group.
 
     Args:
         optimizer: the optimizer whose ``lr`` is learned (any
@@ -211,6 +213,11 @@ class Newt(LRScheduler):
         self._hooks = [optimizer.register_step_pre_hook(_pre_hook(ref)),
                        optimizer.register_step_post_hook(_post_hook(ref))]
         super().__init__(optimizer, last_epoch)
+
+    def __del__(self) -> None:
+        # Unhook from the optimizer (the seed's example builds a new Newt every epoch).
+        for handle in getattr(self, "_hooks", ()):
+            handle.remove()
 
     # ------------------------------------------------------------------ hooks
     def _params(self, gi: int) -> list[Tensor]:

@@ -86,6 +86,27 @@ def test_seed_readme_loop_runs_unchanged_and_learns_on_digits(use_alternate_appr
     assert last < 0.5 * first
 
 
+def test_a_new_newt_every_epoch_like_the_seeds_example_and_old_hooks_go_away():
+    import gc
+
+    x_all, y_all = _digits(256)
+    model = _mlp(8)
+    loss_criterion = nn.CrossEntropyLoss()
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    hooks = len(optimizer._optimizer_step_pre_hooks)
+    lrs = []
+    for _epoch in range(3):
+        newt_ = Newt(optimizer, NewtConfig(model=model, loss_criterion=loss_criterion,
+                                           gamma=0.5))
+        for x, y in _batches(x_all, y_all):
+            _seed_step(model, loss_criterion, optimizer, newt_, x, y)
+        lrs.append(newt_.get_last_lr()[0])
+        del newt_
+        gc.collect()
+        assert len(optimizer._optimizer_step_pre_hooks) == hooks
+    assert len(set(lrs)) == 3  # each epoch starts from the α the last one left
+
+
 # ----------------------------------------------------------------------------- the rule, exactly
 def _quadratic_groups(curvatures, lrs):
     """Independent 1-D quadratics L = Σ h_i w_i² / 2, one parameter group each."""
