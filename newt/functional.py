@@ -1,20 +1,37 @@
 r"""Per-group tensor work of a newt step: snapshots, inner products, restores.
 
-Each operation has a single-tensor reference loop and a multi-tensor path built
-on ``torch._foreach_*`` (tensors grouped by device and dtype); both take the
-same keyword-only ``foreach`` switch and agree to rounding (``tests/test_functional.py``).
+Each operation has a simple single-tensor reference loop and a multi-tensor
+path built on ``torch._foreach_*`` with the tensors grouped by device and
+dtype; both take the same keyword-only ``foreach`` switch and agree to rounding
+(``tests/test_functional.py``).
 
 The only quantity newt needs from a group's parameters is the inner product of
 a gradient with the displacement :math:`d = \theta_t - \theta_{t+1}`,
 
-.. math:: \langle g, d\rangle = \sum_{p \in \text{group}} \langle g_p,\ s_p - p\rangle,
+.. math::
 
-where :math:`s_p` is the snapshot of :math:`\theta_t`. It is computed here and
-only here, so a data-parallel run can reduce it across processes in
-:func:`group_inner_product`.
+    \langle g, d\rangle = \sum_{p \in \text{group}} \operatorname{Re}\langle g_p,\ s_p - p\rangle,
+
+where :math:`s_p` is the snapshot of :math:`\theta_t` (complex tensors count
+as pairs of reals). It is computed here and only here, so a data-parallel run
+can reduce it across processes in :func:`group_inner_product`.
+
+Cost. Newt keeps one parameter-sized buffer per parameter, the snapshot; the
+displacement is never stored. The multi-tensor path forms :math:`s - p` in
+pieces of at most ``chunk`` elements (small tensors are packed together,
+large ones sliced), so the temporary stays in cache between its two uses and
+the inner product costs one read of :math:`g`, :math:`s` and :math:`p`.
+
+Host synchronisation. Nothing here reads a tensor's value on the host except
+:func:`restore_where` and :func:`zero_where` for CPU tensors, where a read is a
+plain memory load (no device to wait for) and lets them skip a whole pass over
+the parameters when there is nothing to undo. On accelerators they are pure
+tensor ops.
 """
 
 from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
 
 import torch
 import torch.distributed as dist
@@ -22,98 +39,207 @@ from torch import Tensor
 from torch.utils._foreach_utils import _group_tensors_by_device_and_dtype
 
 __all__ = [
+    "CHUNK",
+    "all_finite",
     "copy_snapshot",
     "group_inner_product",
     "restore_where",
     "zero_where",
 ]
 
+CHUNK = 1 << 18
+"""Elements per temporary piece of :math:`s - p` in the multi-tensor inner product
+(1 MiB in float32: it stays in a core's cache between the subtraction and the dot)."""
+
 
 def _accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
     """Inner products of half-precision tensors accumulate in float32."""
     if dtype in (torch.float16, torch.bfloat16):
         return torch.float32
-    if dtype == torch.complex32:
-        return torch.float32
-    return dtype.to_real() if dtype.is_complex else dtype
+    return dtype
 
 
 def _real(t: Tensor) -> Tensor:
     # Re⟨g, d⟩ for complex tensors: view (re, im) pairs as real numbers.
-    return torch.view_as_real(t) if t.is_complex() else t
+    if not t.is_complex():
+        return t
+    return torch.view_as_real(t.resolve_conj() if t.is_conj() else t)
 
 
-def _single_tensor_inner_product(grads: list[Tensor], snapshots: list[Tensor],
-                                 params: list[Tensor], out_dtype: torch.dtype) -> Tensor:
-    total = torch.zeros((), dtype=out_dtype, device=params[0].device)
+def _check_lengths(grads: Sequence[Tensor | None], snapshots: Sequence[Tensor],
+                   params: Sequence[Tensor]) -> None:
+    if len(grads) != len(params) or len(snapshots) != len(params):
+        raise ValueError(
+            f"group_inner_product: got {len(grads)} grads, {len(snapshots)} snapshots and "
+            f"{len(params)} params; pass one of each per parameter"
+        )
+
+
+# ---------------------------------------------------------------- inner products
+def _single_tensor_inner_product(grads: Sequence[Tensor | None], snapshots: Sequence[Tensor],
+                                 params: Sequence[Tensor], out_dtype: torch.dtype,
+                                 device: torch.device, refresh: bool) -> Tensor:
+    # Reference: ⟨g, s − p⟩ one tensor at a time, as the module docstring's formula reads.
+    total = torch.zeros((), dtype=out_dtype, device=device)
     for g, s, p in zip(grads, snapshots, params, strict=True):
-        acc = _accumulation_dtype(p.dtype)
-        d = _real(s - p).reshape(-1).to(acc)
-        total = total + torch.dot(_real(g).reshape(-1).to(acc), d).to(out_dtype)
+        if g is not None:
+            acc = _accumulation_dtype(_real(p).dtype)
+            d = _real(s - p).reshape(-1).to(acc)
+            total = total + torch.dot(_real(g).reshape(-1).to(acc), d).to(device, out_dtype)
+        if refresh:
+            s.copy_(p)
     return total
 
 
-def _multi_tensor_inner_product(grads: list[Tensor], snapshots: list[Tensor],
-                                params: list[Tensor], out_dtype: torch.dtype) -> Tensor:
-    total = torch.zeros((), dtype=out_dtype, device=params[0].device)
-    grouped = _group_tensors_by_device_and_dtype([grads, snapshots, params])
+def _pieces(grads: list[Tensor], snapshots: list[Tensor], params: list[Tensor],
+            chunk: int) -> Iterator[tuple[list[Tensor], list[Tensor], list[Tensor]]]:
+    """Lists of (g, s, p) of at most ``chunk`` elements in all: small tensors packed
+    together, contiguous large ones sliced (a non-contiguous large one goes whole)."""
+    bucket: tuple[list[Tensor], list[Tensor], list[Tensor]] = ([], [], [])
+    size = 0
+    for g, s, p in zip(grads, snapshots, params, strict=True):
+        n = p.numel()
+        if n > chunk or size + n > chunk:
+            if size:
+                yield bucket
+                bucket, size = ([], [], []), 0
+        if n > chunk:
+            if g.is_contiguous() and s.is_contiguous() and p.is_contiguous():
+                g, s, p = g.view(-1), s.view(-1), p.view(-1)
+                for i in range(0, n, chunk):
+                    yield [g[i:i + chunk]], [s[i:i + chunk]], [p[i:i + chunk]]
+            else:
+                yield [g], [s], [p]
+            continue
+        bucket[0].append(g)
+        bucket[1].append(s)
+        bucket[2].append(p)
+        size += n
+    if size:
+        yield bucket
+
+
+def _multi_tensor_inner_product(grads: Sequence[Tensor | None], snapshots: Sequence[Tensor],
+                                params: Sequence[Tensor], out_dtype: torch.dtype,
+                                device: torch.device, refresh: bool) -> Tensor:
+    chunk = CHUNK  # read at call time, so tests can make it small
+    kept = [(_real(g), _real(s), _real(p))
+            for g, s, p in zip(grads, snapshots, params, strict=True) if g is not None]
+    if refresh and len(kept) < len(params):  # no gradient: only refresh the snapshot
+        copy_snapshot([s for g, s in zip(grads, snapshots, strict=True) if g is None],
+                      [p for g, p in zip(grads, params, strict=True) if g is None])
+    partials = []
+    lists = [[t[i] for t in kept] for i in range(3)]
+    grouped = _group_tensors_by_device_and_dtype(lists) if kept else {}
     for (_, dtype), ((g, s, p), _) in grouped.items():
         acc = _accumulation_dtype(dtype)
-        products = torch._foreach_sub(s, p)  # d = θ_t − θ_{t+1}
-        torch._foreach_mul_(products, g)
-        sums = [_real(x).sum(dtype=acc) for x in products]
-        total = total + torch.stack(sums).sum().to(out_dtype)
-    return total
+        for gs, ss, ps in _pieces(g, s, p, chunk):
+            if len(ps) == 1 and acc == dtype and gs[0].is_contiguous():
+                # One piece: d = s − p, then a BLAS dot while d is still in cache.
+                d = torch.sub(ss[0], ps[0])
+                if refresh:
+                    ss[0].copy_(ps[0])
+                partials.append(torch.dot(gs[0].view(-1), d.reshape(-1)))
+                continue
+            products = torch._foreach_sub(ss, ps)  # d = θ_t − θ_{t+1}
+            if refresh:
+                torch._foreach_copy_(ss, ps)
+            torch._foreach_mul_(products, gs)
+            flat = (products[0].reshape(-1) if len(products) == 1
+                    else torch.cat([x.reshape(-1) for x in products]))
+            partials.append(flat.sum(dtype=acc))
+    if not partials:
+        return torch.zeros((), dtype=out_dtype, device=device)
+    if len(partials) == 1:
+        return partials[0].to(device, out_dtype)
+    return torch.stack([x.to(device, out_dtype) for x in partials]).sum()
 
 
 def group_inner_product(
-    grads: list[Tensor],
-    snapshots: list[Tensor],
-    params: list[Tensor],
+    grads: Sequence[Tensor | None],
+    snapshots: Sequence[Tensor],
+    params: Sequence[Tensor],
     *,
     out_dtype: torch.dtype,
     foreach: bool = True,
+    refresh_snapshots: bool = False,
     process_group: dist.ProcessGroup | None = None,
 ) -> Tensor:
     r"""Return :math:`\sum_p \operatorname{Re}\langle g_p, s_p - p\rangle` as a 0-d tensor.
 
     Args:
-        grads: gradients, one per parameter.
+        grads: gradients, one per parameter; ``None`` counts as a zero gradient.
         snapshots: :math:`\theta_t`, one per parameter.
         params: the current parameters :math:`\theta_{t+1}`.
         out_dtype: dtype of the result (the widest parameter dtype of the group,
             at least float32).
-        foreach: use the multi-tensor path.
+        foreach: use the multi-tensor path (else the single-tensor reference).
+        refresh_snapshots: once :math:`s - p` is read, set ``snapshots ← params``
+            (what :func:`copy_snapshot` does) in the same pass over the
+            parameters: the next step's snapshot without reading :math:`p` again.
         process_group: if given and ``torch.distributed`` is initialised, the
             result is summed over the processes of this group (for parameters
             sharded across processes; replicated data-parallel parameters have
             equal gradients after the all-reduce and need no reduction).
+
+    Returns:
+        A 0-d tensor of ``out_dtype`` on the first parameter's device (CPU for
+        an empty group). Half-precision products accumulate in float32.
     """
-    if not params:
-        return torch.zeros((), dtype=out_dtype)
+    _check_lengths(grads, snapshots, params)
+    device = params[0].device if len(params) else torch.device("cpu")
     impl = _multi_tensor_inner_product if foreach else _single_tensor_inner_product
-    total = impl(grads, snapshots, params, out_dtype)
+    total = impl(grads, snapshots, params, out_dtype, device, refresh_snapshots)
     if process_group is not None and dist.is_available() and dist.is_initialized():
         dist.all_reduce(total, group=process_group)
     return total
 
 
-def copy_snapshot(snapshots: list[Tensor], params: list[Tensor], *, foreach: bool = True) -> None:
+# ---------------------------------------------------------------- snapshots and restores
+def copy_snapshot(snapshots: Sequence[Tensor], params: Sequence[Tensor], *,
+                  foreach: bool = True) -> None:
     """``snapshots ← params`` (θ_t, kept to undo a step and to form d)."""
-    if foreach and params:
-        torch._foreach_copy_(snapshots, params)
+    if foreach and len(params):
+        torch._foreach_copy_(list(snapshots), list(params))
     else:
         for s, p in zip(snapshots, params, strict=True):
             s.copy_(p)
 
 
-def restore_where(keep: Tensor, params: list[Tensor], snapshots: list[Tensor]) -> None:
-    """``params ← params if keep else snapshots`` elementwise, without a host sync."""
+def _nothing_to_do(keep: Tensor) -> bool:
+    # A CPU flag is read for free (no device to wait for); elsewhere never read.
+    return keep.device.type == "cpu" and bool(keep)
+
+
+def restore_where(keep: Tensor, params: Sequence[Tensor], snapshots: Sequence[Tensor]) -> None:
+    """``params ← params if keep else snapshots`` elementwise, without a host sync.
+
+    ``torch.where`` rather than ``p + d``: the restore is exact and also undoes
+    a step whose parameters went to inf/NaN.
+    """
+    if _nothing_to_do(keep):
+        return
     for p, s in zip(params, snapshots, strict=True):
         torch.where(keep, p, s, out=p)
 
 
-def zero_where(keep: Tensor, tensors: list[Tensor]) -> None:
+def zero_where(keep: Tensor, tensors: Sequence[Tensor | None]) -> None:
     """``t ← t if keep else 0``, without a host sync (used on non-finite gradients)."""
+    if _nothing_to_do(keep):
+        return
+    drop = ~keep
     for t in tensors:
-        torch.where(keep, t, torch.zeros((), dtype=t.dtype, device=t.device), out=t)
+        if t is not None:
+            t.masked_fill_(drop, 0)
+
+
+def all_finite(tensors: Sequence[Tensor | None]) -> Tensor:
+    """A 0-d bool tensor: no NaN or inf in any of ``tensors`` (``None`` entries are skipped).
+
+    One read pass (the max-abs norm of each tensor); no host sync.
+    """
+    present = [t for t in tensors if t is not None]
+    if not present:
+        return torch.ones((), dtype=torch.bool)
+    norms = torch._foreach_norm(present, float("inf"))
+    return torch.isfinite(torch.stack([n.to(norms[0].device) for n in norms])).all()

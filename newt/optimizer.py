@@ -36,7 +36,13 @@ from torch.optim import Optimizer
 
 from newt import functional as F
 from newt.presets import PRESETS
-from newt.rule import Safeguard, average_derivatives, curvature_estimate, gradient_difference, newton_update
+from newt.rule import (
+    Safeguard,
+    average_derivatives,
+    curvature_estimate,
+    gradient_difference,
+    newton_update,
+)
 
 __all__ = ["NewtOptimizer", "NewtStats"]
 
@@ -119,8 +125,9 @@ class NewtOptimizer(Optimizer):
     .. math::
 
         \theta_{t+1} = \theta_t - \alpha_t u_t, \qquad
-        \alpha_{t+1} = \operatorname{clamp}\big(\alpha_t\, \hat f_t,\ \text{lr\_min},\ \text{lr\_max}\big),
-        \qquad \hat f_t = \Big(1 + \frac{B_t}{C_t}\Big)^{\gamma}
+        \alpha_{t+1} = \operatorname{clamp}\big(\alpha_t\, \hat f_t,\
+            \text{lr\_min},\ \text{lr\_max}\big), \qquad
+        \hat f_t = \Big(1 + \frac{B_t}{C_t}\Big)^{\gamma}
 
     where
 
@@ -194,7 +201,9 @@ class NewtOptimizer(Optimizer):
         if isinstance(inner, NewtOptimizer):
             raise TypeError("NewtOptimizer(inner=...) is already a NewtOptimizer; wrap it once")
         if preset not in PRESETS:
-            raise ValueError(f"NewtOptimizer(preset={preset!r}) is unknown; use one of {list(PRESETS)}")
+            raise ValueError(
+                f"NewtOptimizer(preset={preset!r}) is unknown; use one of {list(PRESETS)}"
+            )
         unknown = sorted(set(options) - set(_OPTIONS))
         if unknown:
             raise TypeError(
@@ -224,7 +233,14 @@ class NewtOptimizer(Optimizer):
                 "newt's step runs under torch.no_grad()"
             )
         if group.get("fused", False):
-            raise RuntimeError(f"{where}: fused=True inner optimizers are not supported; use foreach")
+            raise RuntimeError(
+                f"{where}: fused=True inner optimizers are not supported; use foreach=True"
+            )
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = super().__getstate__()
+        state.update(inner=self.inner, reuse_lookahead=self.reuse_lookahead, foreach=self.foreach)
+        return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
@@ -293,7 +309,8 @@ class NewtOptimizer(Optimizer):
                     curvature=curvature / lr**2 if curvature is not None and lr else float("nan"),
                     loss=number("loss"),
                     lookahead_loss=number("lookahead_loss"),
-                    safeguard=Safeguard(int(st.get("safeguard", Safeguard.FIRST_STEP))).name.lower(),
+                    safeguard=Safeguard(
+                        int(st.get("safeguard", Safeguard.FIRST_STEP))).name.lower(),
                     step=int(st["step"]),
                 )
             )
@@ -377,14 +394,15 @@ class NewtOptimizer(Optimizer):
             }
         return st
 
-    def _inner_product(self, grads: list[Tensor], snapshots: list[Tensor],
-                       params: list[Tensor]) -> Tensor:
+    def _inner_product(self, grads: list[Tensor | None], snapshots: list[Tensor],
+                       params: list[Tensor], refresh: bool = False) -> Tensor:
+        """⟨g, s − p⟩ over a group (``None`` grads count as zero); ``refresh`` then sets s ← p."""
         dtype = torch.promote_types(
             torch.float32, max((p.dtype for p in params), key=lambda d: d.itemsize)
         )
         dtype = dtype.to_real() if dtype.is_complex else dtype
         return F.group_inner_product(grads, snapshots, params, out_dtype=dtype,
-                                     foreach=self.foreach)
+                                     foreach=self.foreach, refresh_snapshots=refresh)
 
     def _newton(self, group: dict[str, Any], st: dict[str, Any], lookahead_slope: Tensor) -> Tensor:
         """Move one group's α with the pending step's slope and this lookahead slope.
@@ -412,9 +430,21 @@ class NewtOptimizer(Optimizer):
         st["lookahead_slope"] = lookahead_slope
         st["curvature"] = result.curvature
         st["safeguard"] = torch.where(valid, result.safeguard, int(Safeguard.FIRST_STEP))
+        if "pending_loss" in st:  # closure mode: the losses of the step this update describes
+            st["loss"] = st.pop("pending_loss")
+            st["lookahead_loss"] = st.pop("pending_lookahead_loss")
         st["step"] += 1
         self._set_alpha(group, torch.where(valid, result.lr, alpha.to(result.lr.dtype)))
-        return result.finite | ~valid
+        # A non-finite lookahead slope means a non-finite gradient at the current point.
+        return torch.isfinite(lookahead_slope) & (result.finite | ~valid)
+
+    def _shrink_where(self, group: dict[str, Any], st: dict[str, Any], keep: Tensor) -> None:
+        """α ← clamp(α · nonfinite_factor) where ``keep`` is false (an undone step)."""
+        alpha = self._alpha_tensor(group, st)
+        shrunk = torch.clamp(alpha * group["nonfinite_factor"], group["lr_min"], group["lr_max"])
+        self._set_alpha(group, torch.where(keep, alpha, shrunk.to(alpha.dtype)))
+        st["safeguard"] = torch.where(keep, st.get("safeguard", int(Safeguard.FIRST_STEP)),
+                                      int(Safeguard.NONFINITE))
 
     def _alpha_tensor(self, group: dict[str, Any], st: dict[str, Any]) -> Tensor:
         alpha = self._alpha(group)
@@ -445,7 +475,8 @@ class NewtOptimizer(Optimizer):
             return
         for i, group in enumerate(self.param_groups):
             if group["curvature"] == "loss" or group["slope"] == "same_batch":
-                option = "curvature='loss'" if group["curvature"] == "loss" else "slope='same_batch'"
+                option = ("curvature='loss'" if group["curvature"] == "loss"
+                          else "slope='same_batch'")
                 raise RuntimeError(
                     f"param_groups[{i}]: {option} needs a second evaluation on the same batch, "
                     "which only step(closure) provides; pass a closure, or use "
@@ -466,7 +497,10 @@ class NewtOptimizer(Optimizer):
                 # This batch's gradient at θ_t is the lookahead of the last step.
                 finite = self._newton(group, st, self._inner_product(grads, snapshots, params))
                 F.restore_where(finite, params, snapshots)  # undo a step that went non-finite
-                F.zero_where(finite, grads)  # keep NaN out of the inner optimizer's state
+            else:
+                finite = F.all_finite(grads).to(st["step"].device)
+                self._shrink_where(group, st, finite)
+            F.zero_where(finite, grads)  # keep NaN out of the inner optimizer's state
             F.copy_snapshot(snapshots, params, foreach=self.foreach)
         self._inner_step()
         for group, (params, grads, snapshots) in zip(self.param_groups, lists, strict=True):
@@ -474,6 +508,9 @@ class NewtOptimizer(Optimizer):
                 st = group[_STATE_KEY]
                 st["pending_slope"] = self._inner_product(grads, snapshots, params)
                 st["valid"] = torch.isfinite(st["pending_slope"])
+                # An inner step that overflowed is undone now, not one batch later.
+                F.restore_where(st["valid"], params, snapshots)
+                self._shrink_where(group, st, st["valid"])
 
     def _evaluate(self, closure: Callable[[], Any]) -> Tensor:
         with torch.enable_grad():
@@ -520,6 +557,7 @@ class NewtOptimizer(Optimizer):
             return loss  # nothing sound to step from; parameters are left as they are
 
         lists = []
+        gradients_finite = torch.ones((), dtype=torch.bool)
         for group in self.param_groups:
             params, grads, snapshots = self._init_group(group)
             lists.append((params, snapshots))
@@ -529,8 +567,18 @@ class NewtOptimizer(Optimizer):
             if group["slope"] == "next_batch" and "pending_slope" in st:
                 # Slope at θ_t along the last displacement, from this (fresh) batch:
                 # free of the correlation between the last batch and its own update.
-                self._newton(group, st, self._inner_product(grads, snapshots, params))
-            F.copy_snapshot(snapshots, params, foreach=self.foreach)
+                # The same pass over the parameters refreshes the snapshot s ← θ_t.
+                finite = self._newton(group, st,
+                                      self._inner_product(grads, snapshots, params, True))
+            else:
+                F.copy_snapshot(snapshots, params, foreach=self.foreach)
+                finite = F.all_finite(grads).to(st["step"].device)
+                self._shrink_where(group, st, finite)
+            gradients_finite = gradients_finite & finite.cpu()
+        if not bool(gradients_finite):
+            # A NaN/inf gradient at θ_t: keep it out of the inner optimizer's state and
+            # skip the step (α of the affected groups was shrunk).
+            return loss
         self._inner_step()
         slopes = [self._inner_product([p.grad for p in params], snapshots, params)
                   if params else None for params, snapshots in lists]
@@ -542,9 +590,8 @@ class NewtOptimizer(Optimizer):
             if not params:
                 continue
             st = group[_STATE_KEY]
-            st["loss"], st["lookahead_loss"] = loss_t, lookahead_loss
-            grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
-            lookahead_slope = self._inner_product(grads, snapshots, params)
+            st["pending_loss"], st["pending_lookahead_loss"] = loss_t, lookahead_loss
+            lookahead_slope = self._inner_product([p.grad for p in params], snapshots, params)
             curvature = curvature_estimate(slope, lookahead_slope, loss_t, lookahead_loss,
                                            group["curvature"])
             finite = (torch.isfinite(slope) & torch.isfinite(lookahead_slope)
@@ -558,12 +605,7 @@ class NewtOptimizer(Optimizer):
                 st.pop("pending_slope")
             else:
                 # Undone steps shrink α now; the Newton step waits for the next batch.
-                alpha = self._alpha_tensor(group, st)
-                shrunk = torch.clamp(alpha * group["nonfinite_factor"], group["lr_min"],
-                                     group["lr_max"])
-                self._set_alpha(group, torch.where(finite, alpha, shrunk.to(alpha.dtype)))
-                st["safeguard"] = torch.where(finite, st.get("safeguard", 0),
-                                              int(Safeguard.NONFINITE))
+                self._shrink_where(group, st, finite)
                 st["valid"] = finite
             F.restore_where(finite, params, snapshots)  # undo a step that went non-finite
             all_finite = all_finite & finite

@@ -26,7 +26,7 @@ DEFAULT: MappingProxyType[str, Any] = MappingProxyType(
         "lr_min": 1e-8,
         "lr_max": 10.0,
         "factor_min": 0.5,
-        "factor_max": 2.0,
+        "factor_max": 4.0,
         "backoff": 0.5,
         "nonconvex_factor": 1.25,
         "nonfinite_factor": 0.1,

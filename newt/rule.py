@@ -223,12 +223,14 @@ def newton_update(
        (the curvature is not positive);
     5. :math:`f` otherwise.
 
-    Damping by γ: ``update="log"`` takes :math:`\hat f^{\gamma}`, a step of γ in
-    :math:`\log\alpha` (γ = 0 never changes α; a non-positive :math:`\hat f` is
-    treated as ``factor_min``). ``update="linear"`` takes
-    :math:`1 + \gamma(f - 1)` for the Newton factor only (the seed's rule).
-    The factor is clamped to ``[factor_min, factor_max]`` and
-    :math:`\alpha_{t+1} = \operatorname{clamp}(\alpha_t \hat f, \text{lr\_min}, \text{lr\_max})`.
+    Clamping and damping by γ. ``update="log"``: :math:`\hat f` is clamped to
+    ``[factor_min, factor_max]`` and then raised to the power γ, a step of γ in
+    :math:`\log\alpha` (γ = 0 never changes α; the per-step factor lies in
+    :math:`[\text{factor\_min}^\gamma, \text{factor\_max}^\gamma]`).
+    ``update="linear"`` (the seed's rule): the Newton factor becomes
+    :math:`1 + \gamma(f - 1)` and the result is clamped to ``[factor_min, factor_max]``.
+    Then :math:`\alpha_{t+1} = \operatorname{clamp}(\alpha_t \hat f,
+    \text{lr\_min}, \text{lr\_max})`.
 
     With ``gamma=1``, no clamps and ``eps=0`` this is the exact line-search step
     :math:`\langle\nabla L(\theta_t), u\rangle / (u^\top H u)` on a quadratic.
@@ -262,14 +264,13 @@ def newton_update(
         int(Safeguard.LOSS_INCREASE),
         torch.where(convex, int(Safeguard.NEWTON), int(Safeguard.NONPOSITIVE_CURVATURE)),
     )
-    if update == "log":
-        # α ← α·f̂^γ: a step of γ in log α; f̂ ≤ 0 means "shrink as far as allowed".
-        floor = factor_min if factor_min > 0 else torch.finfo(dtype).tiny
-        factor = torch.exp(gamma * torch.log(torch.clamp(factor, min=floor)))
-
     clamped = torch.clamp(factor, factor_min, factor_max)
     code = torch.where((clamped != factor) & (code == int(Safeguard.NEWTON)),
                        int(Safeguard.FACTOR_CLAMP), code)
+    if update == "log":
+        # α ← α·f̂^γ: a step of γ in log α (the clamp above keeps f̂ > 0 when factor_min > 0).
+        tiny = torch.finfo(dtype).tiny
+        clamped = torch.exp(gamma * torch.log(torch.clamp(clamped, min=tiny)))
     factor = torch.where(informative, clamped, one)
     code = torch.where(informative, code, int(Safeguard.NO_INFORMATION))
     factor = torch.where(finite, factor, nonfinite_factor * one)
