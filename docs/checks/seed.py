@@ -1,0 +1,52 @@
+"""migrating.md: the seed loop with newt.Newt and NewtOptimizer(preset="seed") agree."""
+
+import torch
+
+import newt
+from newt import Newt, NewtConfig
+
+torch.manual_seed(0)
+X, Y = torch.randn(512, 8), torch.randn(512, 1)
+batches = [(X[i:i + 64], Y[i:i + 64]) for i in range(0, 512, 64)] * 3  # 24 steps
+loss_criterion = torch.nn.MSELoss()
+
+
+def build():
+    torch.manual_seed(1)
+    return torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.Tanh(), torch.nn.Linear(16, 1))
+
+
+for use_alternate_approx in (False, True):
+    # The seed's loop, unchanged.
+    model = build()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    newt_config = NewtConfig(model=model, loss_criterion=loss_criterion,
+                             use_alternate_approx=use_alternate_approx)
+    scheduler = Newt(optimizer, newt_config)
+    seed_lrs = []
+    for x, y in batches:
+        optimizer.zero_grad()
+        y_hat = model(x)
+        loss = loss_criterion(y_hat, y)
+        loss.backward()
+        optimizer.step()
+        scheduler.step_setup(loss, x, y)
+        scheduler.step()
+        seed_lrs.append(optimizer.param_groups[0]["lr"])
+
+    # The NewtOptimizer loop.
+    model = build()
+    opt = newt.NewtOptimizer(torch.optim.AdamW(model.parameters(), lr=1e-3), preset="seed",
+                             curvature="loss" if use_alternate_approx else "gradient")
+    newt_lrs = []
+    for x, y in batches:
+        def closure(x=x, y=y, opt=opt, model=model):
+            opt.zero_grad()
+            loss = loss_criterion(model(x), y)
+            loss.backward()
+            return loss
+        opt.step(closure)
+        newt_lrs.append(opt.param_groups[0]["lr"])
+    equal = sum(a == b for a, b in zip(seed_lrs, newt_lrs, strict=True))
+    print(f"use_alternate_approx={use_alternate_approx}: α equal at {equal} of {len(seed_lrs)} "
+          f"steps; final α {seed_lrs[-1]:.6g} vs {newt_lrs[-1]:.6g}")
