@@ -1,6 +1,6 @@
 """Named sets of newt's options.
 
-``DEFAULT`` is what :class:`newt.NewtOptimizer` uses unless told otherwise;
+``DEFAULT`` is what `newt.NewtOptimizer` uses unless told otherwise;
 its constants were chosen by measurement (``benchmarks/``, ``docs/benchmarks.md``).
 ``SEED`` reproduces the rule of the seed project (``dscamiss/newt``): a
 linear damped Newton factor with γ = 1e-3, the factor clamped to [0, 1.05],

@@ -5,25 +5,25 @@ All functions here are pure functions of a few scalar tensors, written with
 device-to-host synchronisation and compile with ``torch.compile(fullgraph=True)``.
 
 Notation (one parameter group, one step). The inner optimizer moves the
-parameters by the displacement :math:`d = \theta_t - \theta_{t+1} = \alpha_t u_t`.
+parameters by the displacement $d = \theta_t - \theta_{t+1} = \alpha_t u_t$.
 Let
 
-.. math::
+$$
+A = \langle \nabla L(\theta_t), d \rangle = -\alpha_t\, g_t'(0), \qquad
+B = \langle \nabla L(\theta_{t+1}), d \rangle = -\alpha_t\, g_t'(\alpha_t),
+$$
 
-    A = \langle \nabla L(\theta_t), d \rangle = -\alpha_t\, g_t'(0), \qquad
-    B = \langle \nabla L(\theta_{t+1}), d \rangle = -\alpha_t\, g_t'(\alpha_t),
+where $g_t(\alpha) = L(\theta_t - \alpha u_t)$. Both curvature estimates
+give $g_t''(\alpha_t) \approx C / \alpha_t^2$ with
 
-where :math:`g_t(\alpha) = L(\theta_t - \alpha u_t)`. Both curvature estimates
-give :math:`g_t''(\alpha_t) \approx C / \alpha_t^2` with
+- gradient difference (Retsinas et al. 2023): $C = A - B$;
+- loss difference (second-order Taylor of $g_t$ around $\alpha_t$):
+  $C = 2\,(L(\theta_t) - L(\theta_{t+1}) - B)$.
 
-- gradient difference (Retsinas et al. 2023): :math:`C = A - B`;
-- loss difference (second-order Taylor of :math:`g_t` around :math:`\alpha_t`):
-  :math:`C = 2\,(L(\theta_t) - L(\theta_{t+1}) - B)`.
-
-The Newton step :math:`\alpha_{t+1} = \alpha_t - g_t'(\alpha_t)/g_t''(\alpha_t)`
-then reads :math:`\alpha_{t+1} = \alpha_t\, f` with the *Newton factor*
-:math:`f = 1 + B / C`. On a quadratic both estimates are exact and
-:math:`\alpha_t f` is the exact line-search step along :math:`u_t`.
+The Newton step $\alpha_{t+1} = \alpha_t - g_t'(\alpha_t)/g_t''(\alpha_t)$
+then reads $\alpha_{t+1} = \alpha_t\, f$ with the *Newton factor*
+$f = 1 + B / C$. On a quadratic both estimates are exact and
+$\alpha_t f$ is the exact line-search step along $u_t$.
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ Update = Literal["log", "linear"]
 
 
 class Safeguard(enum.IntEnum):
-    """Which branch of :func:`update_lr` decided the new α (stored as an int tensor)."""
+    """Which branch of `update_lr` decided the new α (stored as an int tensor)."""
 
     NEWTON = 0
     """The (damped) Newton factor was used as is."""
@@ -61,38 +61,40 @@ class Safeguard(enum.IntEnum):
     LR_CLAMP = 2
     """The new α fell outside ``[lr_min, lr_max]`` and was clamped."""
     LOSS_INCREASE = 3
-    """The lookahead loss exceeded the current loss: the factor was capped at ``backoff``."""
+    """The lookahead loss exceeded the current loss: the factor was capped at ``backoff``
+    (at ``backoff**gamma`` with ``update="log"``)."""
     NONPOSITIVE_CURVATURE = 4
-    """The curvature estimate was not positive: α grew by ``nonconvex_factor``."""
+    """The curvature estimate was not positive: α was multiplied by ``nonconvex_factor``
+    (by ``nonconvex_factor**gamma`` with ``update="log"``)."""
     NO_INFORMATION = 5
     """Both inner products were zero (zero gradients or no movement): α kept."""
     NONFINITE = 6
     """A loss or inner product was NaN/inf: the step was undone and α shrunk."""
     FIRST_STEP = 7
-    """No lookahead yet (first closure-free step): α kept."""
+    """No lookahead to use yet (the first step, or the step after an undone one): α kept."""
 
 
 class StepSizeUpdate(NamedTuple):
-    """Result of :func:`update_lr` (all 0-d tensors)."""
+    """Result of `update_lr` (all 0-d tensors)."""
 
     lr: Tensor
     """The new step size α_{t+1}."""
     curvature: Tensor
     """The estimate C (so g''(α_t) ≈ C / α_t²)."""
     safeguard: Tensor
-    """A :class:`Safeguard` value, as an int64 tensor."""
+    """A `Safeguard` value, as an int64 tensor."""
     finite: Tensor
     """False when the step must be undone (non-finite loss or inner product)."""
 
 
 def gradient_difference(slope: Tensor, lookahead_slope: Tensor) -> Tensor:
-    r"""Gradient-difference curvature (Retsinas et al. 2023, eq. 7): :math:`C = A - B`."""
+    r"""Gradient-difference curvature (Retsinas et al. 2023, eq. 7): $C = A - B$."""
     return slope - lookahead_slope
 
 
 def loss_difference(loss: Tensor, lookahead_loss: Tensor, lookahead_slope: Tensor) -> Tensor:
-    r"""Loss-difference curvature (second-order Taylor of :math:`g_t` around :math:`\alpha_t`):
-    :math:`C = 2\,(L(\theta_t) - L(\theta_{t+1}) - B)`."""
+    r"""Loss-difference curvature (second-order Taylor of $g_t$ around $\alpha_t$):
+    $C = 2\,(L(\theta_t) - L(\theta_{t+1}) - B)$."""
     return 2.0 * (loss - lookahead_loss - lookahead_slope)
 
 
@@ -103,15 +105,15 @@ def curvature_estimate(
     lookahead_loss: Tensor | None,
     curvature: Curvature,
 ) -> Tensor:
-    r"""Return C with :math:`g''(\alpha_t) \approx C/\alpha_t^2`, by the named estimate.
+    r"""Return C with $g''(\alpha_t) \approx C/\alpha_t^2$, by the named estimate.
 
     Args:
-        slope: :math:`A = \langle \nabla L(\theta_t), d\rangle`.
-        lookahead_slope: :math:`B = \langle \nabla L(\theta_{t+1}), d\rangle` on the same batch.
-        loss: :math:`L(\theta_t)`; needed for ``curvature="loss"``.
-        lookahead_loss: :math:`L(\theta_{t+1})`; needed for ``curvature="loss"``.
-        curvature: ``"gradient"`` (:func:`gradient_difference`) or ``"loss"``
-            (:func:`loss_difference`).
+        slope: $A = \langle \nabla L(\theta_t), d\rangle$.
+        lookahead_slope: $B = \langle \nabla L(\theta_{t+1}), d\rangle$ on the same batch.
+        loss: $L(\theta_t)$; needed for ``curvature="loss"``.
+        lookahead_loss: $L(\theta_{t+1})$; needed for ``curvature="loss"``.
+        curvature: ``"gradient"`` (`gradient_difference`) or ``"loss"``
+            (`loss_difference`).
     """
     if curvature == "gradient":
         return gradient_difference(slope, lookahead_slope)
@@ -131,17 +133,17 @@ def average_derivatives(
     keep: Tensor,
     beta: float,
 ) -> tuple[Tensor, Tensor, Tensor]:
-    r"""Exponential moving averages of :math:`g_t'(\alpha_t)` and :math:`g_t''(\alpha_t)`.
+    r"""Exponential moving averages of $g_t'(\alpha_t)$ and $g_t''(\alpha_t)$.
 
-    With :math:`g' = -B/\alpha` and :math:`g'' \approx C/\alpha^2` (scale-free in α),
+    With $g' = -B/\alpha$ and $g'' \approx C/\alpha^2$ (scale-free in α),
 
-    .. math::
+    $$
+    m_1 \leftarrow \beta m_1 + (1-\beta)\, g', \qquad
+    m_2 \leftarrow \beta m_2 + (1-\beta)\, g'', \qquad n \leftarrow n + 1,
+    $$
 
-        m_1 \leftarrow \beta m_1 + (1-\beta)\, g', \qquad
-        m_2 \leftarrow \beta m_2 + (1-\beta)\, g'', \qquad n \leftarrow n + 1,
-
-    and the averaged, bias-corrected :math:`B, C` at the current α are returned:
-    :math:`\bar B = -\alpha\, m_1 / (1-\beta^n)`, :math:`\bar C = \alpha^2 m_2 / (1-\beta^n)`.
+    and the averaged, bias-corrected $B, C$ at the current α are returned:
+    $\bar B = -\alpha\, m_1 / (1-\beta^n)$, $\bar C = \alpha^2 m_2 / (1-\beta^n)$.
     Where ``keep`` is false (non-finite or stale values) the averages do not move.
 
     Args:
@@ -177,9 +179,9 @@ def update_lr(
 ) -> StepSizeUpdate:
     r"""One safeguarded Newton step on α from a single lookahead on one batch.
 
-    Forms :math:`C` with :func:`curvature_estimate` and the loss-increase flag
-    :math:`L(\theta_{t+1}) > L(\theta_t)` (when both losses are given), then
-    calls :func:`newton_update`. ``options`` are those of :func:`newton_update`.
+    Forms $C$ with `curvature_estimate` and the loss-increase flag
+    $L(\theta_{t+1}) > L(\theta_t)$ (when both losses are given), then
+    calls `newton_update`. ``options`` are those of `newton_update`.
     """
     A, B = slope, lookahead_slope
     C = curvature_estimate(A, B, loss, lookahead_loss, curvature)
@@ -212,31 +214,31 @@ def newton_update(
 ) -> StepSizeUpdate:
     r"""One safeguarded, damped Newton step on the step size α.
 
-    With :math:`A` the slope, :math:`B` the lookahead slope and :math:`C` the
+    With $A$ the slope, $B$ the lookahead slope and $C$ the
     curvature estimate (see the module docstring), the Newton factor is
-    :math:`f = 1 + B/C` and the proposed factor :math:`\hat f` is, by priority:
+    $f = 1 + B/C$ and the proposed factor $\hat f$ is, by priority:
 
     1. ``nonfinite_factor`` if any input is NaN/inf (the caller undoes the step);
-    2. 1 if :math:`A = B = 0` (no information, e.g. zero gradients);
-    3. :math:`\min(f, \text{backoff})` if ``loss_increase``;
-    4. ``nonconvex_factor`` if :math:`C \le \varepsilon (|A| + |B|)`
+    2. 1 if $A = B = 0$ (no information, e.g. zero gradients);
+    3. $\min(f, \text{backoff})$ if ``loss_increase``;
+    4. ``nonconvex_factor`` if $C \le \varepsilon (|A| + |B|)$
        (the curvature is not positive);
-    5. :math:`f` otherwise.
+    5. $f$ otherwise.
 
-    Clamping and damping by γ. ``update="log"``: :math:`\hat f` is clamped to
+    Clamping and damping by γ. ``update="log"``: $\hat f$ is clamped to
     ``[factor_min, factor_max]`` and then raised to the power γ, a step of γ in
-    :math:`\log\alpha` (γ = 0 never changes α; the per-step factor lies in
-    :math:`[\text{factor\_min}^\gamma, \text{factor\_max}^\gamma]`).
+    $\log\alpha$ (γ = 0 never changes α; the per-step factor lies in
+    $[\text{factor\_min}^\gamma, \text{factor\_max}^\gamma]$).
     ``update="linear"`` (the seed's rule): the Newton factor becomes
-    :math:`1 + \gamma(f - 1)` and the result is clamped to ``[factor_min, factor_max]``.
-    Then :math:`\alpha_{t+1} = \operatorname{clamp}(\alpha_t \hat f,
-    \text{lr\_min}, \text{lr\_max})`.
+    $1 + \gamma(f - 1)$ and the result is clamped to ``[factor_min, factor_max]``.
+    Then $\alpha_{t+1} = \operatorname{clamp}(\alpha_t \hat f,
+    \text{lr\_min}, \text{lr\_max})$.
 
     With ``gamma=1``, no clamps and ``eps=0`` this is the exact line-search step
-    :math:`\langle\nabla L(\theta_t), u\rangle / (u^\top H u)` on a quadratic.
+    $\langle\nabla L(\theta_t), u\rangle / (u^\top H u)$ on a quadratic.
 
     Returns:
-        A :class:`StepSizeUpdate` of 0-d tensors in the promoted dtype of ``lr``
+        A `StepSizeUpdate` of 0-d tensors in the promoted dtype of ``lr``
         and the inner products.
     """
     lr = torch.as_tensor(lr)

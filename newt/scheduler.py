@@ -7,17 +7,17 @@ that the training loop drives by hand::
     newt.step_setup(loss, x, y)  # lookahead forward/backward at θ_{t+1}
     newt.step()                  # α_{t+1} from the lookahead
 
-This module keeps that API and its names (:class:`NewtConfig`) but computes
+This module keeps that API and its names (`NewtConfig`) but computes
 everything with newt's own pieces: the inner products with
-:func:`newt.functional.group_inner_product` and the new α with
-:func:`newt.rule.update_lr` under the :data:`newt.presets.SEED` constants.
+`newt.functional.group_inner_product` and the new α with
+`newt.rule.update_lr` under the `newt.presets.SEED` constants.
 Unlike the seed it handles several parameter groups (one α each), records the
 current loss in the loss-difference mode, leaves BatchNorm running statistics
 untouched by the lookahead, and saves a ``state_dict`` of tensors and numbers
 keyed by index (no model, loss object or ``Parameter`` keys), so a checkpoint
 resumes and loads with ``torch.load(weights_only=True)``.
 
-For new code, :class:`newt.NewtOptimizer` does the same with a closure and
+For new code, `newt.NewtOptimizer` does the same with a closure and
 no hand-written lookahead.
 """
 
@@ -47,7 +47,7 @@ _CONFIG_FIELDS = ("use_alternate_approx", "gamma", "epsilon", "lr_clamp_min", "l
 
 @dataclass
 class NewtConfig:
-    """Configuration of :class:`Newt`, with the seed's names and defaults.
+    """Configuration of `Newt`, with the seed's names and defaults.
 
     Attributes:
         model: the model; ``step_setup`` calls ``model(x)`` at θ_{t+1}.
@@ -71,10 +71,10 @@ class NewtConfig:
     lr_clamp_max: float = SEED["lr_max"]
 
     def rule_options(self) -> dict[str, Any]:
-        """The keyword options of :func:`newt.rule.update_lr` this config stands for.
+        """The keyword options of `newt.rule.update_lr` this config stands for.
 
         The seed's constants that the config does not name come from
-        :data:`newt.presets.SEED`: linear damping, the factor clamped to
+        `newt.presets.SEED`: linear damping, the factor clamped to
         [0, 1.05], ×0.1 when the loss rises, no change on non-positive curvature.
         """
         options = self._options()
@@ -111,25 +111,25 @@ def _post_hook(ref: weakref.ref[Newt]) -> Callable[..., None]:
 class Newt(LRScheduler):
     r"""Learning-rate scheduler that learns each group's α with a Newton step.
 
-    .. math::
-
-        \theta_{t+1} = \theta_t - \alpha_t u_t, \qquad
-        \alpha_{t+1} = \operatorname{clamp}\Big(\alpha_t
-            \big(1 + \gamma\,\tfrac{B_t}{C_t}\big),\
-            \text{lr\_clamp\_min},\ \text{lr\_clamp\_max}\Big)
+    $$
+    \theta_{t+1} = \theta_t - \alpha_t u_t, \qquad
+    \alpha_{t+1} = \operatorname{clamp}\Big(\alpha_t
+        \big(1 + \gamma\,\tfrac{B_t}{C_t}\big),\
+        \text{lr\_clamp\_min},\ \text{lr\_clamp\_max}\Big)
+    $$
 
     where
 
-    - :math:`\alpha_t u_t = \theta_t - \theta_{t+1}` is the step the wrapped
+    - $\alpha_t u_t = \theta_t - \theta_{t+1}$ is the step the wrapped
       ``optimizer`` just took (α is its group's ``lr``);
-    - :math:`B_t = \langle\nabla L(\theta_{t+1}), \theta_t - \theta_{t+1}\rangle`
-      comes from the lookahead that :meth:`step_setup` runs on the same batch,
-      and :math:`A_t` is the same product with :math:`\nabla L(\theta_t)`;
-    - :math:`C_t = A_t - B_t` (``use_alternate_approx=False``) or
-      :math:`2(L(\theta_t) - L(\theta_{t+1}) - B_t)` (``True``);
-    - the seed's safeguards apply (:data:`newt.presets.SEED`): the factor is
+    - $B_t = \langle\nabla L(\theta_{t+1}), \theta_t - \theta_{t+1}\rangle$
+      comes from the lookahead that `step_setup` runs on the same batch,
+      and $A_t$ is the same product with $\nabla L(\theta_t)$;
+    - $C_t = A_t - B_t$ (``use_alternate_approx=False``) or
+      $2(L(\theta_t) - L(\theta_{t+1}) - B_t)$ (``True``);
+    - the seed's safeguards apply (`newt.presets.SEED`): the factor is
       clamped to [0, 1.05], capped at 0.1 when the lookahead loss is higher
-      than the current one, and 1 when :math:`C_t` is not positive.
+      than the current one, and 1 when $C_t$ is not positive.
 
     One α per parameter group. Parameters without a gradient are skipped.
     θ_t is recorded by an optimizer step pre-hook into buffers that ``Newt``
@@ -140,12 +140,12 @@ class Newt(LRScheduler):
     Args:
         optimizer: the optimizer whose ``lr`` is learned (any
             ``torch.optim.Optimizer``; not ``differentiable=True``, and not a
-            :class:`newt.NewtOptimizer`, which learns α by itself).
-        config: a :class:`NewtConfig` with the model and loss criterion.
+            `newt.NewtOptimizer`, which learns α by itself).
+        config: a `NewtConfig` with the model and loss criterion.
         last_epoch: as for every ``LRScheduler``; leave it at -1 and resume
-            with :meth:`load_state_dict` instead.
+            with `load_state_dict` instead.
 
-    Example:
+    Examples:
         >>> import torch
         >>> from newt import Newt, NewtConfig
         >>> _ = torch.manual_seed(0)
@@ -270,7 +270,7 @@ class Newt(LRScheduler):
         Call it right after ``optimizer.step()``. It evaluates
         ``loss_criterion(model(x), y)`` at the new parameters and its gradient
         (with ``torch.autograd.grad``: the ``.grad`` fields are left as they
-        are), records ``loss`` as :math:`L(\\theta_t)`, and restores the
+        are), records ``loss`` as $L(\\theta_t)$, and restores the
         model's buffers afterwards so BatchNorm running statistics are updated
         once per step. The model stays in its mode: dropout draws fresh masks.
 
@@ -354,9 +354,9 @@ class Newt(LRScheduler):
         return out
 
     def last_safeguards(self) -> list[str | None]:
-        """Per group, the :class:`newt.rule.Safeguard` that decided the last α (lower case).
+        """Per group, the `newt.rule.Safeguard` that decided the last α (lower case).
 
-        ``None`` for a group whose α was not updated at the last :meth:`step`.
+        ``None`` for a group whose α was not updated at the last `step`.
         """
         return [None if s is None else Safeguard(int(s)).name.lower() for s in self._safeguards]
 
@@ -367,7 +367,7 @@ class Newt(LRScheduler):
         Plain numbers, lists, dicts keyed by index and tensors only: no model,
         no loss object, no ``Parameter`` keys; ``torch.load(weights_only=True)``
         reads it back. θ_t buffers are saved only between ``optimizer.step()``
-        and :meth:`step`, when they are still needed.
+        and `step`, when they are still needed.
         """
         state: dict[str, Any] = {
             "last_epoch": self.last_epoch,
@@ -386,7 +386,7 @@ class Newt(LRScheduler):
         return state
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Load a :meth:`state_dict`; the config's model and loss criterion are kept."""
+        """Load a `state_dict`; the config's model and loss criterion are kept."""
         missing = {"last_epoch", "_step_count", "base_lrs", "_last_lr", "config"} - set(state_dict)
         if missing:
             raise ValueError(
