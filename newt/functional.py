@@ -18,7 +18,7 @@ can reduce it across processes in :func:`group_inner_product`.
 
 Cost. Newt keeps one parameter-sized buffer per parameter, the snapshot; the
 displacement is never stored. The multi-tensor path forms :math:`s - p` in
-pieces of at most ``chunk`` elements (small tensors are packed together,
+pieces of at most ``CHUNK`` elements (small tensors are packed together,
 large ones sliced), so the temporary stays in cache between its two uses and
 the inner product costs one read of :math:`g`, :math:`s` and :math:`p`.
 

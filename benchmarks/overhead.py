@@ -1,0 +1,425 @@
+"""What newt adds to a training step: time and peak memory, as interleaved ratios.
+
+Run from the repository root::
+
+    python -m benchmarks.overhead            # about 5 minutes
+    python -m benchmarks.overhead --quick    # about 1 minute, noisier
+
+Three measurements, every variant in one process, interleaved (variants
+alternate within each repeat, in a rotating order), each ratio the median
+over repeats of per-repeat medians:
+
+1. **Own work on a ~10M-parameter model** (4 × ``Linear(1600, 1600)``, a
+   closure on a batch of 8 rows). The closure calls and the inner step are
+   timed inside newt's step (the closure and ``inner.step`` are wrapped with
+   timers); newt's own work is the rest of the step. Ratio: own work ÷ a plain
+   Adam step on an identical model, timed in the same repeat. Goal ≤ 1.3.
+2. **Whole training steps on small models** (digits MLP 64-128-128-10 and the
+   digits CNN of :mod:`newt.problems`, batch 128): closure-free newt(Adam) ÷
+   plain Adam (forward, backward, step), and closure-mode newt(Adam) ÷ two
+   evaluations plus an Adam step. Goal ≤ 1.05.
+3. **Peak memory** of one step, newt ÷ plain, for the same variants:
+   the bytes of every tensor alive before the step (parameters, gradients,
+   optimizer states, newt's snapshots; counted directly) plus the largest
+   excess of tensor allocations over frees during the step, read from the
+   torch profiler's memory timeline. It counts tensor storage only (no
+   allocator caching, no Python objects).
+
+Inner optimizer: ``torch.optim.Adam`` with its CPU default (the single-tensor
+loop) and a float lr unless ``--tensor-lr`` (then ``lr`` is a 0-d tensor and
+newt writes α back without a host read). ``--threads`` sets torch's intra-op
+threads (default 1: the numbers are then about the work, not about thread
+contention on a shared machine). Results are printed as Markdown.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import datetime
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+import newt
+
+__all__ = ["live_bytes", "main", "peak_step_bytes"]
+
+
+# ---------------------------------------------------------------- memory
+def live_bytes(*collections: Any) -> int:
+    """Bytes of the distinct tensor storages found in nested dicts/lists/tuples."""
+    seen: dict[int, int] = {}
+
+    def visit(x: Any) -> None:
+        if isinstance(x, Tensor):
+            storage = x.untyped_storage()
+            seen[storage.data_ptr()] = storage.nbytes()
+        elif isinstance(x, dict):
+            for v in x.values():
+                visit(v)
+        elif isinstance(x, (list, tuple)):
+            for v in x:
+                visit(v)
+
+    for c in collections:
+        visit(c)
+    return sum(seen.values())
+
+
+def _resident(model: nn.Module, optimizers: list[torch.optim.Optimizer]) -> int:
+    tensors: list[Any] = [list(model.parameters()), [p.grad for p in model.parameters()]]
+    for opt in optimizers:
+        tensors.append(dict(opt.state))
+        tensors.append([{k: v for k, v in g.items() if k != "params"} for g in opt.param_groups])
+    return live_bytes(*tensors)
+
+
+def peak_step_bytes(step: Callable[[], Any], model: nn.Module,
+                    optimizers: list[torch.optim.Optimizer]) -> int | None:
+    """Peak live tensor bytes over one call of ``step`` (``None`` if the profiler cannot tell).
+
+    Tensors alive before the step are counted directly; the growth during the
+    step comes from the profiler's memory timeline (creations minus
+    destructions, in time order).
+    """
+    try:
+        from torch.profiler import ProfilerActivity, profile
+        from torch.profiler._memory_profiler import Action
+    except ImportError:  # pragma: no cover - private API moved
+        return None
+    before = _resident(model, optimizers)
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True, record_shapes=True,
+                 with_stack=True) as prof:
+        step()
+    try:
+        timeline = prof._memory_profile().timeline
+    except Exception:  # pragma: no cover - private API changed
+        return None
+    growth = peak = 0
+    for t, action, _, size in sorted(timeline, key=lambda e: e[0]):
+        if t < 0:
+            continue  # PREEXISTING: counted in `before`
+        if action == Action.CREATE:
+            growth += size
+        elif action == Action.DESTROY:
+            growth -= size
+        peak = max(peak, growth)
+    return before + peak
+
+
+# ---------------------------------------------------------------- timing helpers
+_clock = time.process_time  # CPU seconds of this process; ``--clock wall`` for perf_counter
+
+
+class _Timed:
+    """Wrap a callable and add its wall time to ``self.seconds``."""
+
+    def __init__(self, fn: Callable[..., Any]) -> None:
+        self.fn = fn
+        self.seconds = 0.0
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        start = _clock()
+        try:
+            return self.fn(*args, **kwargs)
+        finally:
+            self.seconds += _clock() - start
+
+
+def _adam(params: Any, tensor_lr: bool) -> torch.optim.Adam:
+    if tensor_lr:
+        return torch.optim.Adam(params, lr=torch.tensor(1e-3), foreach=False)
+    return torch.optim.Adam(params, lr=1e-3)
+
+
+def _interleave(variants: dict[str, Callable[[], float]], repeats: int) -> dict[str, list[float]]:
+    """Run each variant once per repeat, rotating the order; collect their values."""
+    names = list(variants)
+    out: dict[str, list[float]] = {n: [] for n in names}
+    for r in range(repeats):
+        for n in names[r % len(names):] + names[:r % len(names)]:
+            out[n].append(variants[n]())
+    return out
+
+
+def _median_ratio(num: list[float], den: list[float]) -> float:
+    return statistics.median(a / b for a, b in zip(num, den, strict=True))
+
+
+def _iqr(values: list[float]) -> str:
+    if len(values) < 4:
+        return ""
+    q = statistics.quantiles(values, n=4)
+    return f"{q[0]:.2f}–{q[2]:.2f}"
+
+
+# ---------------------------------------------------------------- 1. own work, 10M parameters
+@dataclass
+class _OwnWork:
+    """One newt variant on its own copy of the big model, with timers inside its step."""
+
+    model: nn.Module
+    opt: newt.NewtOptimizer
+    mode: str  # "closure", "reuse" or "free"
+    x: Tensor
+    y: Tensor
+
+    def __post_init__(self) -> None:
+        self.inner_timer = _Timed(self.opt.inner.step)
+        self.opt.inner.step = self.inner_timer  # newt calls self.inner.step()
+
+        def closure() -> Tensor:
+            self.opt.zero_grad()
+            loss = nn.functional.mse_loss(self.model(self.x), self.y)
+            loss.backward()
+            return loss
+
+        self.closure = _Timed(closure)
+
+    def step(self) -> tuple[float, float]:
+        """One step; returns (newt's own seconds, inner step seconds)."""
+        self.inner_timer.seconds = self.closure.seconds = 0.0
+        if self.mode == "free":
+            self.closure()  # the user's forward and backward, outside newt's step
+            self.closure.seconds = 0.0
+            start = _clock()
+            self.opt.step()
+        else:
+            start = _clock()
+            self.opt.step(self.closure)
+        total = _clock() - start
+        return total - self.closure.seconds - self.inner_timer.seconds, self.inner_timer.seconds
+
+
+def own_work(steps: int, repeats: int, tensor_lr: bool, width: int = 1600,
+             layers: int = 4) -> tuple[list[dict[str, Any]], int]:
+    """Newt's own time per step ÷ a plain Adam step, on a ~10M-parameter model."""
+    torch.manual_seed(0)
+    base = nn.Sequential(*[nn.Linear(width, width) for _ in range(layers)])
+    n_params = sum(p.numel() for p in base.parameters())
+    x, y = torch.randn(8, width), torch.randn(8, width)
+
+    plain_model = copy.deepcopy(base)
+    plain = _adam(plain_model.parameters(), tensor_lr)
+    nn.functional.mse_loss(plain_model(x), y).backward()
+
+    variants: dict[str, _OwnWork] = {}
+    for mode in ("closure", "reuse", "free"):
+        model = copy.deepcopy(base)
+        opt = newt.NewtOptimizer(_adam(model.parameters(), tensor_lr),
+                                 reuse_lookahead=mode == "reuse")
+        variants[mode] = _OwnWork(model, opt, mode, x, y)
+
+    def time_plain() -> float:
+        times = []
+        for _ in range(steps):
+            start = _clock()
+            plain.step()
+            times.append(_clock() - start)
+        return statistics.median(times)
+
+    inner_times: dict[str, list[float]] = {m: [] for m in variants}
+
+    def time_newt(mode: str) -> Callable[[], float]:
+        def run() -> float:
+            own, inner = [], []
+            for _ in range(steps):
+                o, i = variants[mode].step()
+                own.append(o)
+                inner.append(i)
+            inner_times[mode].append(statistics.median(inner))
+            return statistics.median(own)
+        return run
+
+    for v in variants.values():  # warm up: states exist, the first Newton step is done
+        for _ in range(3):
+            v.step()
+    time_plain()
+    results = _interleave({"adam": time_plain, **{m: time_newt(m) for m in variants}}, repeats)
+
+    rows = []
+    for mode in variants:
+        ratios = [o / a for o, a in zip(results[mode], results["adam"], strict=True)]
+        rows.append({
+            "mode": mode,
+            "own_ms": statistics.median(results[mode]) * 1e3,
+            "adam_ms": statistics.median(results["adam"]) * 1e3,
+            "ratio": statistics.median(ratios),
+            "iqr": _iqr(ratios),
+            "ratio_inner": _median_ratio(results[mode], inner_times[mode]),
+        })
+
+    # Peak memory of one step of each variant against a plain Adam step (closure included).
+    def plain_step() -> None:
+        plain.zero_grad()
+        nn.functional.mse_loss(plain_model(x), y).backward()
+        plain.step()
+
+    plain_peak = peak_step_bytes(plain_step, plain_model, [plain])
+    for row in rows:
+        v = variants[row["mode"]]
+        if v.mode == "free":
+            def step(v: _OwnWork = v) -> None:
+                v.closure()
+                v.opt.step()
+        else:
+            def step(v: _OwnWork = v) -> None:
+                v.opt.step(v.closure)
+        peak = peak_step_bytes(step, v.model, [v.opt, v.opt.inner])
+        row["memory"] = None if peak is None or plain_peak is None else peak / plain_peak
+        row["state_ratio"] = live_bytes(dict(v.opt.state)) / (4 * n_params)
+    return rows, n_params
+
+
+# ---------------------------------------------------------------- 2. whole steps, digits models
+def whole_steps(problem_name: str, steps: int, repeats: int,
+                tensor_lr: bool) -> list[dict[str, Any]]:
+    """Whole training steps: newt(Adam) ÷ the plain step with the same evaluations."""
+    from newt.problems import get_problem
+
+    problem = get_problem(problem_name)
+    batches_iter = problem.batches(0)
+    batches = [next(batches_iter) for _ in range(8)]
+    base = problem.init(0)
+
+    def build(wrap: str | None) -> tuple[nn.Module, torch.optim.Optimizer]:
+        model = copy.deepcopy(base)
+        inner = _adam(model.parameters(), tensor_lr)
+        return model, (inner if wrap is None else newt.NewtOptimizer(inner))
+
+    setups = {name: build(None if name.startswith("adam") else name)
+              for name in ("adam", "adam_2eval", "free", "closure")}
+    counters = dict.fromkeys(setups, 0)
+
+    def one_step(name: str) -> None:
+        model, opt = setups[name]
+        batch = batches[counters[name] % len(batches)]
+        counters[name] += 1
+
+        def closure() -> Tensor:
+            opt.zero_grad()
+            loss = problem.loss(model, batch)
+            loss.backward()
+            return loss
+
+        if name == "closure":
+            opt.step(closure)
+        elif name == "adam_2eval":
+            closure()
+            closure()
+            opt.step()
+        else:
+            closure()
+            opt.step()
+
+    def timer(name: str) -> Callable[[], float]:
+        def run() -> float:
+            times = []
+            for _ in range(steps):
+                start = _clock()
+                one_step(name)
+                times.append(_clock() - start)
+            return statistics.median(times)
+        return run
+
+    for name in setups:  # warm up
+        for _ in range(5):
+            one_step(name)
+    results = _interleave({name: timer(name) for name in setups}, repeats)
+
+    def peak(name: str) -> float | None:
+        model, opt = setups[name]
+        opts = [opt] + ([opt.inner] if isinstance(opt, newt.NewtOptimizer) else [])
+        return peak_step_bytes(lambda: one_step(name), model, opts)
+
+    peaks = {name: peak(name) for name in setups}
+    rows = []
+    comparisons = (("free", "adam", "closure-free newt(Adam) ÷ Adam"),
+                   ("closure", "adam_2eval", "closure newt(Adam) ÷ 2 evals + Adam"))
+    for name, base_name, label in comparisons:
+        ratios = [a / b for a, b in zip(results[name], results[base_name], strict=True)]
+        p, q = peaks[name], peaks[base_name]
+        rows.append({
+            "problem": problem_name,
+            "comparison": label,
+            "newt_us": statistics.median(results[name]) * 1e6,
+            "base_us": statistics.median(results[base_name]) * 1e6,
+            "ratio": statistics.median(ratios),
+            "iqr": _iqr(ratios),
+            "memory": None if p is None or q is None else p / q,
+        })
+    return rows
+
+
+# ---------------------------------------------------------------- report
+def _fmt(x: float | None, digits: int = 2) -> str:
+    return "n/a" if x is None else f"{x:.{digits}f}"
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="fewer repeats (noisier)")
+    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
+    parser.add_argument("--tensor-lr", action="store_true",
+                        help="Adam(lr=tensor, foreach=False): newt writes α without a host read")
+    parser.add_argument("--clock", choices=("cpu", "wall"), default="cpu",
+                        help="cpu: process CPU time (immune to other processes on a shared "
+                        "machine); wall: time.perf_counter")
+    parser.add_argument("--only", choices=("own", "steps"), default=None,
+                        help="run only the 10M-parameter own-work part or the digits steps")
+    args = parser.parse_args(argv)
+    global _clock
+    _clock = time.process_time if args.clock == "cpu" else time.perf_counter
+    torch.set_num_threads(args.threads)
+    big_steps, big_repeats = (3, 5) if args.quick else (5, 15)
+    small_steps, small_repeats = (20, 7) if args.quick else (50, 21)
+
+    print(f"# newt overhead ({datetime.date.today().isoformat()})\n")
+    print(f"- command: `python -m benchmarks.overhead{' --quick' if args.quick else ''}"
+          f"{' --tensor-lr' if args.tensor_lr else ''}"
+          f"{f' --threads {args.threads}' if args.threads != 1 else ''}"
+          f"{' --clock wall' if args.clock == 'wall' else ''}`")
+    print(f"- torch {torch.__version__}, Python {platform.python_version()}, "
+          f"{platform.machine()} {platform.processor() or ''}".rstrip()
+          + f", {torch.get_num_threads()} intra-op thread(s), "
+          + ("process CPU time" if args.clock == "cpu" else "wall time"))
+    print(f"- inner: Adam(lr={'tensor' if args.tensor_lr else 'float'}), CPU\n")
+
+    if args.only != "steps":
+        _print_own_work(*own_work(big_steps, big_repeats, args.tensor_lr))
+    if args.only != "own":
+        _print_whole_steps(small_steps, small_repeats, args.tensor_lr)
+
+
+def _print_own_work(rows: list[dict[str, Any]], n_params: int) -> None:
+    print(f"## Newt's own work per step, {n_params / 1e6:.1f}M parameters\n")
+    print("| mode | newt's own work (ms) | plain Adam step (ms) | own ÷ Adam (IQR) "
+          "| own ÷ inner step | peak memory ÷ Adam step | newt state ÷ param bytes |")
+    print("|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['mode']} | {r['own_ms']:.1f} | {r['adam_ms']:.1f} | {r['ratio']:.2f} "
+              f"({r['iqr']}) | {r['ratio_inner']:.2f} | {_fmt(r['memory'])} "
+              f"| {_fmt(r['state_ratio'])} |")
+    print()
+
+
+def _print_whole_steps(small_steps: int, small_repeats: int, tensor_lr: bool) -> None:
+    print("## Whole training steps, digits (batch 128)\n")
+    print("| problem | comparison | newt step (µs) | baseline step (µs) | ratio (IQR) "
+          "| peak memory ratio |")
+    print("|---|---|---|---|---|---|")
+    for name in ("digits_mlp", "digits_cnn"):
+        for r in whole_steps(name, small_steps, small_repeats, tensor_lr):
+            print(f"| {r['problem']} | {r['comparison']} | {r['newt_us']:.0f} | {r['base_us']:.0f} "
+                  f"| {r['ratio']:.3f} ({r['iqr']}) | {_fmt(r['memory'], 3)} |")
+
+
+if __name__ == "__main__":
+    main()
