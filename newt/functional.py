@@ -6,24 +6,24 @@ dtype; both take the same keyword-only ``foreach`` switch and agree to rounding
 (``tests/test_functional.py``).
 
 The only quantity newt needs from a group's parameters is the inner product of
-a gradient with the displacement :math:`d = \theta_t - \theta_{t+1}`,
+a gradient with the displacement $d = \theta_t - \theta_{t+1}$,
 
-.. math::
+$$
+\langle g, d\rangle = \sum_{p \in \text{group}} \operatorname{Re}\langle g_p,\ s_p - p\rangle,
+$$
 
-    \langle g, d\rangle = \sum_{p \in \text{group}} \operatorname{Re}\langle g_p,\ s_p - p\rangle,
-
-where :math:`s_p` is the snapshot of :math:`\theta_t` (complex tensors count
+where $s_p$ is the snapshot of $\theta_t$ (complex tensors count
 as pairs of reals). It is computed here and only here, so a data-parallel run
-can reduce it across processes in :func:`group_inner_product`.
+can reduce it across processes in `group_inner_product`.
 
 Cost. Newt keeps one parameter-sized buffer per parameter, the snapshot; the
-displacement is never stored. The multi-tensor path forms :math:`s - p` in
+displacement is never stored. The multi-tensor path forms $s - p$ in
 pieces of at most ``CHUNK`` elements (small tensors are packed together,
 large ones sliced), so the temporary stays in cache between its two uses and
-the inner product costs one read of :math:`g`, :math:`s` and :math:`p`.
+the inner product costs one read of $g$, $s$ and $p$.
 
 Host synchronisation. Nothing here reads a tensor's value on the host except
-:func:`restore_where` and :func:`zero_where` for CPU tensors, where a read is a
+`restore_where` and `zero_where` for CPU tensors, where a read is a
 plain memory load (no device to wait for) and lets them skip a whole pass over
 the parameters when there is nothing to undo. On accelerators they are pure
 tensor ops.
@@ -48,7 +48,7 @@ __all__ = [
 ]
 
 CHUNK = 1 << 18
-"""Elements per temporary piece of :math:`s - p` in the multi-tensor inner product
+"""Elements per temporary piece of $s - p$ in the multi-tensor inner product
 (1 MiB in float32: it stays in a core's cache between the subtraction and the dot)."""
 
 
@@ -165,18 +165,18 @@ def group_inner_product(
     refresh_snapshots: bool = False,
     process_group: dist.ProcessGroup | None = None,
 ) -> Tensor:
-    r"""Return :math:`\sum_p \operatorname{Re}\langle g_p, s_p - p\rangle` as a 0-d tensor.
+    r"""Return $\sum_p \operatorname{Re}\langle g_p, s_p - p\rangle$ as a 0-d tensor.
 
     Args:
         grads: gradients, one per parameter; ``None`` counts as a zero gradient.
-        snapshots: :math:`\theta_t`, one per parameter.
-        params: the current parameters :math:`\theta_{t+1}`.
+        snapshots: $\theta_t$, one per parameter.
+        params: the current parameters $\theta_{t+1}$.
         out_dtype: dtype of the result (the widest parameter dtype of the group,
             at least float32).
         foreach: use the multi-tensor path (else the single-tensor reference).
-        refresh_snapshots: once :math:`s - p` is read, set ``snapshots ← params``
-            (what :func:`copy_snapshot` does) in the same pass over the
-            parameters: the next step's snapshot without reading :math:`p` again.
+        refresh_snapshots: once $s - p$ is read, set ``snapshots ← params``
+            (what `copy_snapshot` does) in the same pass over the
+            parameters: the next step's snapshot without reading $p$ again.
         process_group: if given and ``torch.distributed`` is initialised, the
             result is summed over the processes of this group (for parameters
             sharded across processes; replicated data-parallel parameters have
