@@ -1,0 +1,374 @@
+"""Run the benchmark: every method side by side, write ``docs/benchmarks.md`` and plots.
+
+Usage (from the repository root)::
+
+    python -m benchmarks.run --quick            # 5 problems, short budgets, 2 seeds
+    python -m benchmarks.run --full             # all 12 problems, 3 seeds
+    python -m benchmarks.run --quick --newt-options '{"gamma": 0.3}'
+    python -m benchmarks.run --quick --reuse benchmarks/results/quick-latest.json \\
+        --methods '*newt*' --presets default --newt-variants '{"g03": {"gamma": 0.3}}'
+
+A run with any selection or override (``--problems``, ``--methods``,
+``--inners``, ``--modes``, ``--presets``, ``--newt-options``,
+``--newt-variants``, ``--seeds``, ``--budget-scale``) writes its page and
+plots under ``benchmarks/results/`` instead of ``docs/``, so tuning never
+overwrites the published results. ``--reuse`` takes the runs it can from an
+earlier JSON (same problem, method and options, x, seed and budget): the
+fixed-LR baselines and peers then cost nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import fnmatch
+import json
+import multiprocessing
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm import tqdm
+
+from benchmarks import report
+from benchmarks.analysis import Summary, summarise
+from benchmarks.cost import measure_cost
+from benchmarks.harness import Budget, run_one
+from benchmarks.methods import INNER, MODES, Method, catalog, missing_peers
+from newt.problems import PROBLEMS, get_problem
+
+GRID = tuple(10.0**k for k in range(-6, 1))  # 1e-6 … 1, one per decade
+TRACE_XS = (1e-4, 1e-2, 1.0)  # initial lrs shown in the α-trace figure
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass(frozen=True)
+class Config:
+    """A benchmark size: problems with their budgets (gradient evaluations), seeds, cost runs."""
+
+    name: str
+    budgets: dict[str, int]
+    seeds: int
+    cost_problems: tuple[str, ...]
+    cost_rounds: int
+    equal_steps: bool
+    notes: tuple[str, ...] = ()
+
+
+QUICK = Config(
+    name="quick",
+    budgets={"rosenbrock": 400, "quadratic_1e4": 300, "breast_cancer_logreg": 300,
+             "quadratic_deep": 350, "digits_mlp": 220},
+    seeds=2,
+    cost_problems=("breast_cancer_logreg", "digits_mlp"),
+    cost_rounds=5,
+    equal_steps=False,
+    notes=("QUICK run: 5 of the 12 problems, shortened budgets (quadratic_deep 50 epochs "
+           "instead of 100, digits MLP 20 epochs), 2 seeds on stochastic problems, no "
+           "equal-steps column (`--equal-steps` adds it). `--full` runs the whole protocol.",),
+)
+FULL = Config(
+    name="full",
+    budgets={"rosenbrock": 2000, "beale": 1000, "booth": 500, "himmelblau": 1000,
+             "quadratic_1e2": 500, "quadratic_1e4": 1000, "quadratic_1e6": 1000,
+             "breast_cancer_logreg": 1000, "quadratic_deep": 700, "digits_logreg": 550,
+             "digits_mlp": 550, "digits_cnn": 330},
+    seeds=3,
+    cost_problems=("breast_cancer_logreg", "digits_mlp", "digits_cnn"),
+    cost_rounds=9,
+    equal_steps=True,
+)
+FULL_TIME_NOTE = ("`--full` (12 problems; digits 50 epochs, CNN 30, quadratic_deep 100; 3 seeds; "
+                  "equal-steps column) takes about 1–2 hours on 2 cores, estimated from the "
+                  "quick run's per-run times.")
+HOWTO = [
+    "python -m benchmarks.run --quick        # the quick version of this page",
+    "python -m benchmarks.run --full         # the whole protocol",
+    "# tune newt: override its defaults, or add variants next to them; earlier runs",
+    "# are reused and the page goes to benchmarks/results/report-quick.md",
+    "python -m benchmarks.run --quick --reuse benchmarks/results/quick-latest.json \\",
+    "    --methods '*newt*' --presets default \\",
+    "    --newt-variants '{\"g03\": {\"gamma\": 0.3}, \"lin\": {\"update\": \"linear\"}}'",
+    "# one run from Python: benchmarks.harness.run_one(problem, method, x, seed, budget)",
+]
+COMMON_NOTE = ("Deterministic problems run one seed: nothing in them is random (fixed start, "
+               "full batch), so further seeds repeat the same run bit for bit.")
+
+
+# ---------------------------------------------------------------- tasks
+Task = tuple[str, Method, float, int, Budget]
+
+
+def _task_key(problem: str, method_key: str, x: float, seed: int, budget: dict[str, Any]) -> str:
+    return json.dumps([problem, method_key, x, seed, budget["evals"], budget["steps"]])
+
+
+def _tasks(problems: dict[str, int], methods: list[Method], seeds: int,
+           equal_steps: bool) -> list[Task]:
+    tasks = []
+    for name, evals in problems.items():
+        stochastic = get_problem(name).stochastic
+        for method in methods:
+            if method.deterministic_only and stochastic:
+                continue
+            xs = GRID if method.swept else (1.0,)
+            for seed in range(seeds if stochastic else 1):
+                budget = Budget(evals, evals if equal_steps else None)
+                tasks.extend((name, method, x, seed, budget) for x in xs)
+    # longest first, so that two workers finish together
+    weight = {"digits_mlp": 3.0, "digits_cnn": 8.0, "quadratic_deep": 1.5}
+    return sorted(tasks, key=lambda t: -t[4].evals * weight.get(t[0], 1.0)
+                  * (2 if t[1].mode == "closure" else 1))
+
+
+def _init_worker() -> None:
+    torch.set_num_threads(1)
+    warnings.simplefilter("ignore")
+
+
+def _work(task: Task) -> dict[str, Any]:
+    """One run as a dict; a run that raises is returned with its ``error`` instead."""
+    try:
+        return run_one(*task).to_dict()
+    except Exception as error:  # one broken method must not stop the benchmark
+        problem, method, x, seed, _ = task
+        return {"problem": problem, "method": method.name, "x": x, "seed": seed,
+                "error": f"{type(error).__name__}: {error}"}
+
+
+def _run_tasks(tasks: list[Task], workers: int) -> list[dict[str, Any]]:
+    if workers <= 1:
+        _init_worker()
+        return [_work(t) for t in tqdm(tasks, desc="runs", unit="run", mininterval=2)]
+    with multiprocessing.get_context("fork").Pool(workers, initializer=_init_worker) as pool:
+        return list(tqdm(pool.imap_unordered(_work, tasks), total=len(tasks), desc="runs",
+                         unit="run", mininterval=2))
+
+
+# ---------------------------------------------------------------- selection
+def _select_methods(args: argparse.Namespace) -> tuple[list[Method], list[str]]:
+    notes = []
+    if args.newt_options:
+        notes.append(f"The `newt` rows use the default preset with `{args.newt_options}`.")
+    if args.newt_variants:
+        notes.append(f"`newt:label` rows are variants of the default preset: "
+                     f"`{args.newt_variants}`.")
+    methods = catalog(
+        newt_options=json.loads(args.newt_options) if args.newt_options else None,
+        variants=json.loads(args.newt_variants) if args.newt_variants else None,
+        inners=args.inners.split(","),
+        modes=args.modes.split(","),
+        presets=args.presets.split(","),
+    )
+    if args.methods:
+        patterns = args.methods.split(",")
+        methods = [m for m in methods
+                   if m.kind == "fixed" or any(fnmatch.fnmatchcase(m.name, p) for p in patterns)]
+    missing = missing_peers()
+    if missing:
+        notes.append(f"Skipped (package not installed): {', '.join(missing)}; "
+                     "`pip install newt[bench]` installs them.")
+        methods = [m for m in methods if m.name not in missing]
+    return methods, notes
+
+
+def _describe(name: str, evals: int, seeds: int) -> dict[str, Any]:
+    problem = get_problem(name)
+    if problem.stochastic:
+        epochs = evals / problem.steps_per_epoch
+        batch = len(next(problem.batches(0))[0])
+        text = (f"Stochastic (batch {batch}, {problem.steps_per_epoch} steps/epoch); "
+                f"budget {evals} gradient evaluations ({epochs:.0f} epochs at one per step); "
+                f"seeds 0–{seeds - 1}.")
+    else:
+        text = f"Deterministic (full batch, float64); budget {evals} gradient evaluations."
+    text += f" f* = {problem.f_star:.10g}." if problem.f_star is not None else " f* unknown."
+    test = "accuracy" if problem.test_accuracy else ("loss" if problem.test_loss else None)
+    return {"description": text, "test": test}
+
+
+# ---------------------------------------------------------------- main
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.run",
+                                     description=__doc__.split("\n\n")[0])
+    size = parser.add_mutually_exclusive_group()
+    size.add_argument("--quick", action="store_const", dest="config", const="quick",
+                      help="a few minutes: 5 problems, short budgets (default)")
+    size.add_argument("--full", action="store_const", dest="config", const="full",
+                      help="every problem of the protocol, 3 seeds")
+    parser.add_argument("--problems", help=f"comma-separated subset of {sorted(PROBLEMS)}")
+    parser.add_argument("--methods", help="comma-separated name globs, e.g. 'Adam+newt*,Prodigy' "
+                        "(the fixed-LR baselines are always run)")
+    parser.add_argument("--inners", default=",".join(INNER), help="inner optimizers")
+    parser.add_argument("--modes", default=",".join(MODES), help="newt modes")
+    parser.add_argument("--presets", default="default,seed", help="newt presets")
+    parser.add_argument("--newt-options", help="JSON overrides of newt's default preset, "
+                        "e.g. '{\"gamma\": 0.3, \"update\": \"linear\"}'")
+    parser.add_argument("--newt-variants", help="JSON {label: options}: extra newt rows, "
+                        "e.g. '{\"g03\": {\"gamma\": 0.3}, \"fmax4\": {\"factor_max\": 4}}'")
+    parser.add_argument("--seeds", type=int, help="seeds per point on stochastic problems")
+    parser.add_argument("--equal-steps", action=argparse.BooleanOptionalAction,
+                        help="also run two-evaluation methods to the one-evaluation methods' "
+                        "step count (default: on for --full, off for --quick)")
+    parser.add_argument("--budget-scale", type=float, default=1.0,
+                        help="multiply every budget (e.g. 0.5 for a faster look)")
+    parser.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1))
+    parser.add_argument("--reuse", type=Path, help="earlier results JSON to take runs from")
+    parser.add_argument("--no-cost", action="store_true", help="skip the time/memory measurement")
+    parser.add_argument("--out", type=Path, help="directory for the page and plots "
+                        "(default: docs/, or benchmarks/results/ for a selection)")
+    return parser
+
+
+def _newt_revision() -> str:
+    """The commit newt was measured at, flagged when newt/ has uncommitted changes."""
+    def git(*args: str) -> str:
+        result = subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True,
+                                check=False)
+        return result.stdout.strip()
+
+    commit = git("rev-parse", "--short", "HEAD") or "unknown"
+    return commit + (" + uncommitted changes in newt/" if git("status", "--porcelain", "newt")
+                     else "")
+
+
+def _is_selection(args: argparse.Namespace) -> bool:
+    """Whether the run deviates from the standard --quick/--full comparison."""
+    defaults = _parser().parse_args([])
+    return any(getattr(args, name) != getattr(defaults, name) for name in (
+        "problems", "methods", "inners", "modes", "presets", "newt_options", "newt_variants",
+        "seeds", "budget_scale", "equal_steps"))
+
+
+def sweep(budgets: dict[str, int], methods: list[Method], seeds: int = 2, workers: int = 2,
+          equal_steps: bool = False, reuse: Path | None = None,
+          ) -> tuple[list[dict[str, Any]], list[Summary]]:
+    """Run ``methods`` on ``budgets`` (problem -> gradient evaluations) over the lr grid.
+
+    For tuning from Python, e.g. comparing newt options on two problems::
+
+        methods = catalog(inners=["Adam"], modes=["free"], presets=["default"],
+                          variants={"g03": {"gamma": 0.3}, "fmax4": {"factor_max": 4}})
+        runs, summaries = sweep({"digits_mlp": 220, "quadratic_deep": 350}, methods)
+        for s in summaries:
+            print(s.problem, s.method, s.width, s.median)
+
+    Returns the runs (dicts; failed ones carry ``error``) and their summaries.
+    """
+    runs = _collect_runs(_tasks(budgets, methods, seeds, equal_steps), reuse, workers)
+    ok = [r for r in runs if "error" not in r]
+    return runs, summarise(ok, {m.name: m.inner for m in methods})
+
+
+def _collect_runs(tasks: list[Task], reuse: Path | None, workers: int) -> list[dict[str, Any]]:
+    """Runs for ``tasks``: from the ``reuse`` JSON where possible, else computed."""
+    cached: dict[str, dict[str, Any]] = {}
+    if reuse:
+        for run in json.loads(reuse.read_text())["runs"]:
+            cached[_task_key(run["problem"], run["method_key"], run["x"], run["seed"],
+                             run["budget"])] = run
+    keys = [_task_key(t[0], t[1].key(), t[2], t[3], vars(t[4])) for t in tasks]
+    runs = [cached[k] for k in keys if k in cached]
+    todo = [t for t, k in zip(tasks, keys, strict=True) if k not in cached]
+    print(f"{len(tasks)} runs, {len(runs)} reused, {workers} worker(s)", file=sys.stderr)
+    return runs + _run_tasks(todo, workers)
+
+
+def _plots(runs: list[dict[str, Any]], summaries: list[Any], methods: list[Method],
+           budgets: dict[str, int], img_dir: Path) -> dict[str, Path]:
+    images: dict[str, Path] = {}
+    method_index = {m.name: m for m in methods}
+    for name, evals in budgets.items():
+        images[name] = img_dir / f"bench_{name}.png"
+        report.plot_sweeps(summaries, method_index, name, f"{name}: {evals} gradient evaluations",
+                           images[name])
+    if "digits_mlp" in budgets:
+        tuned_x = {s.method: s.best_x for s in summaries
+                   if s.problem == "digits_mlp" and s.method in INNER}
+        for mode in ("closure", "free"):
+            inners = [inner for inner in ("SGD", "Adam", "AdamW") if any(
+                m.kind == "newt" and m.newt_mode == mode and m.inner == inner for m in methods)]
+            if inners:
+                path = img_dir / f"bench_digits_mlp_traces_{mode}.png"
+                images[f"traces:digits MLP, newt[{mode}]"] = path
+                report.plot_lr_traces(runs, "digits_mlp", mode, TRACE_XS, tuned_x, path,
+                                      inners=inners)
+    return images
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = _parser().parse_args(argv)
+    config = FULL if args.config == "full" else QUICK
+    selection = _is_selection(args)
+    budgets = {name: max(2, round(evals * args.budget_scale))
+               for name, evals in config.budgets.items()}
+    if args.problems:
+        budgets = {name: budgets.get(name, round(FULL.budgets[name] * args.budget_scale))
+                   for name in args.problems.split(",")}
+    seeds = args.seeds or config.seeds
+    methods, notes = _select_methods(args)
+    results_dir = ROOT / "benchmarks" / "results"
+    out_dir = args.out or (results_dir if selection else ROOT / "docs")
+    page = out_dir / ("benchmarks.md" if out_dir == ROOT / "docs" else f"report-{config.name}.md")
+    torch.set_num_threads(1)
+
+    start = time.perf_counter()
+    equal_steps = config.equal_steps if args.equal_steps is None else args.equal_steps
+    runs, summaries = sweep(budgets, methods, seeds, args.workers, equal_steps, args.reuse)
+    cost_rows: list[dict[str, Any]] = []
+    if not args.no_cost:
+        cost_problems = [p for p in config.cost_problems if p in budgets] or list(budgets)[:1]
+        for name in tqdm(cost_problems, desc="cost", unit="problem"):
+            cost_rows += measure_cost(name, inners=("SGD", "Adam"), rounds=config.cost_rounds)
+    wall = (time.perf_counter() - start) / 60
+
+    failed = [r for r in runs if "error" in r]
+    runs = [r for r in runs if "error" not in r]
+    for method, error in sorted({(r["method"], r["error"]) for r in failed}):
+        count = sum(r["method"] == method for r in failed)
+        notes.append(f"{count} run(s) of {method} failed: `{error}`")
+    stamp = dt.datetime.now(dt.timezone.utc)
+    command = "python -m benchmarks.run " + " ".join(sys.argv[1:] if argv is None else argv)
+    meta = {
+        "command": command.strip(),
+        "date": stamp.strftime("%Y-%m-%d %H:%M UTC"),
+        "torch": torch.__version__,
+        "newt": _newt_revision(),
+        "python": platform.python_version(),
+        "machine": f"{platform.platform()} ({platform.machine()})",
+        "cpus": os.cpu_count(),
+        "workers": args.workers,
+        "wall_minutes": wall,
+        "grid": GRID,
+        "config": config.name,
+        "budgets": budgets,
+        "seeds": seeds,
+        "newt_options": args.newt_options,
+        "newt_variants": args.newt_variants,
+        "notes": [*config.notes, COMMON_NOTE, *notes, FULL_TIME_NOTE],
+        "howto": HOWTO,
+        "methods": [m.name for m in methods],
+    }
+    results_dir.mkdir(parents=True, exist_ok=True)
+    tag = config.name + ("-selection" if selection else "")
+    raw = results_dir / f"{tag}-{stamp.strftime('%Y%m%dT%H%M%S')}.json"
+    raw.write_text(json.dumps({"meta": meta, "runs": runs, "failed": failed, "cost": cost_rows}))
+    shutil.copyfile(raw, results_dir / f"{tag}-latest.json")
+
+    images = _plots(runs, summaries, methods, budgets, out_dir / "img")
+    problem_info = {name: _describe(name, evals, seeds) for name, evals in budgets.items()}
+    report.write_markdown(page, meta, summaries, problem_info, cost_rows, images)
+    print(f"wrote {page}, {len(images)} plots in {out_dir / 'img'}, raw runs in {raw} "
+          f"({wall:.1f} min)", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()

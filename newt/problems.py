@@ -1,0 +1,518 @@
+r"""A library of optimisation problems shared by benchmarks, tests and examples.
+
+Every problem is a :class:`Problem`: build fresh parameters with
+``problem.init(seed)`` (an ``nn.Module``), draw batches with
+``problem.batches(seed)`` (an endless iterator; ``None`` batches for
+full-batch problems), and evaluate ``problem.loss(model, batch)``.
+
+Deterministic (full batch, float64):
+
+- ``rosenbrock``, ``beale``, ``booth``, ``himmelblau``: the classic 2-D
+  functions from their classic starts;
+- ``quadratic_1e2``, ``quadratic_1e4``, ``quadratic_1e6``:
+  :math:`\tfrac12 (\theta - 1)^\top Q \Lambda Q^\top (\theta - 1)` in d = 50 with
+  :math:`\lambda_i = \kappa^{-(i-1)/(d-1)}`, a seeded random orthogonal Q, θ₀ = 0;
+- ``breast_cancer_logreg``: standardised, L2-regularised (λ = 1e-3)
+  logistic regression; f* from L-BFGS run to convergence (cached).
+
+Stochastic (mini-batch, float32, batch 128, ``drop_last``):
+
+- ``quadratic_deep``: DeepOBS's noisy quadratic (d = 100);
+- ``digits_logreg``, ``digits_mlp`` (64-128-128-10 tanh), ``digits_cnn``:
+  scikit-learn's 8×8 digits, X/16, 80/20 stratified split.
+
+scikit-learn is imported only when a digits or breast-cancer problem is
+built, so ``import newt`` never needs it.
+
+Example:
+    >>> from newt.problems import get_problem
+    >>> p = get_problem("rosenbrock")
+    >>> model = p.init(0)
+    >>> round(p.loss(model, next(p.batches(0))).item(), 6)
+    24.2
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+import math
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+__all__ = [
+    "PROBLEMS",
+    "Problem",
+    "deterministic_problems",
+    "digits_cnn",
+    "digits_mlp",
+    "get_problem",
+    "quadratic_deep",
+    "rotated_quadratic",
+    "stochastic_problems",
+    "test_function",
+]
+
+Batch = Any  # None for full-batch problems, a tuple of tensors otherwise
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One optimisation problem: parameters, data, loss and how to judge the result.
+
+    Attributes:
+        name: short identifier (``get_problem(name)`` rebuilds it).
+        init: ``init(seed)`` returns a fresh ``nn.Module`` holding the parameters.
+        loss: ``loss(model, batch)`` returns the scalar loss on one batch.
+        batches: ``batches(seed)`` returns an endless iterator of batches
+            (reshuffled every epoch from ``seed``); it yields ``None`` for
+            full-batch problems.
+        train_loss: loss on the whole training set (no gradient), as a float.
+        f_star: the minimum of ``train_loss`` when known, else ``None``.
+        test_accuracy: accuracy on the held-out set, when there is one.
+        test_loss: loss on the held-out set, when there is one.
+        stochastic: whether batches differ from step to step.
+        steps_per_epoch: batches per pass over the training set (1 for full batch).
+        dtype: the parameters' dtype.
+    """
+
+    name: str
+    init: Callable[[int], nn.Module]
+    loss: Callable[[nn.Module, Batch], Tensor]
+    batches: Callable[[int], Iterator[Batch]]
+    train_loss: Callable[[nn.Module], float]
+    f_star: float | None = None
+    test_accuracy: Callable[[nn.Module], float] | None = None
+    test_loss: Callable[[nn.Module], float] | None = None
+    stochastic: bool = False
+    steps_per_epoch: int = 1
+    dtype: torch.dtype = torch.float32
+
+    def suboptimality(self, model: nn.Module) -> float:
+        """``train_loss − f*`` when f* is known, else the training loss itself."""
+        value = self.train_loss(model)
+        return value - self.f_star if self.f_star is not None else value
+
+
+# ---------------------------------------------------------------- plumbing
+class Point(nn.Module):
+    """A single parameter vector ``theta`` (for problems that are plain functions)."""
+
+    def __init__(self, start: Tensor) -> None:
+        super().__init__()
+        self.theta = nn.Parameter(start.detach().clone())
+
+
+def _seeded(build: Callable[[], nn.Module], seed: int) -> nn.Module:
+    """Build a module with torch's global generator seeded, without disturbing it."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return build()
+
+
+def _full_batch(seed: int) -> Iterator[None]:
+    del seed
+    while True:
+        yield None
+
+
+def _minibatches(tensors: Sequence[Tensor], batch_size: int) -> Callable[[int], Iterator[Batch]]:
+    """Endless shuffled mini-batches (``drop_last``), one permutation per epoch."""
+    n = len(tensors[0])
+    if batch_size > n:
+        raise ValueError(f"batch_size={batch_size} exceeds the {n} training samples")
+
+    def batches(seed: int) -> Iterator[Batch]:
+        generator = torch.Generator().manual_seed(seed)
+        while True:
+            order = torch.randperm(n, generator=generator)
+            for start in range(0, n - batch_size + 1, batch_size):
+                index = order[start:start + batch_size]
+                yield tuple(t[index] for t in tensors)
+
+    return batches
+
+
+def _no_grad_float(fn: Callable[[nn.Module], Tensor]) -> Callable[[nn.Module], float]:
+    def wrapped(model: nn.Module) -> float:
+        with torch.no_grad():
+            return float(fn(model))
+
+    return wrapped
+
+
+def _deterministic(name: str, start: Tensor, fn: Callable[[Tensor], Tensor],
+                   f_star: float | None) -> Problem:
+    """A full-batch problem ``fn(theta)`` from a fixed start (the seed is unused)."""
+    start = start.to(torch.float64)
+
+    def loss(model: nn.Module, batch: Batch = None) -> Tensor:
+        return fn(model.theta)
+
+    return Problem(
+        name=name,
+        init=lambda seed: Point(start),
+        loss=loss,
+        batches=_full_batch,
+        train_loss=_no_grad_float(lambda model: fn(model.theta)),
+        f_star=f_star,
+        dtype=torch.float64,
+    )
+
+
+# ---------------------------------------------------------------- 2-D test functions
+def _rosenbrock(t: Tensor) -> Tensor:
+    return (1 - t[0]) ** 2 + 100 * (t[1] - t[0] ** 2) ** 2
+
+
+def _beale(t: Tensor) -> Tensor:
+    x, y = t[0], t[1]
+    return (1.5 - x + x * y) ** 2 + (2.25 - x + x * y**2) ** 2 + (2.625 - x + x * y**3) ** 2
+
+
+def _booth(t: Tensor) -> Tensor:
+    return (t[0] + 2 * t[1] - 7) ** 2 + (2 * t[0] + t[1] - 5) ** 2
+
+
+def _himmelblau(t: Tensor) -> Tensor:
+    return (t[0] ** 2 + t[1] - 11) ** 2 + (t[0] + t[1] ** 2 - 7) ** 2
+
+
+_TEST_FUNCTIONS = {
+    # name: (function, start, f*)
+    "rosenbrock": (_rosenbrock, (-1.2, 1.0), 0.0),
+    "beale": (_beale, (1.0, 1.0), 0.0),
+    "booth": (_booth, (0.0, 0.0), 0.0),
+    "himmelblau": (_himmelblau, (0.0, 0.0), 0.0),
+}
+
+
+def test_function(name: str) -> Problem:
+    """Rosenbrock (start (−1.2, 1)), Beale (1, 1), Booth (0, 0) or Himmelblau (0, 0); f* = 0."""
+    fn, start, f_star = _TEST_FUNCTIONS[name]
+    return _deterministic(name, torch.tensor(start, dtype=torch.float64), fn, f_star)
+
+
+# ---------------------------------------------------------------- quadratics
+def rotated_quadratic(kappa: float, dim: int = 50, basis_seed: int = 0) -> Problem:
+    r"""½ (θ−θ*)ᵀA(θ−θ*), A = Q diag(λ) Qᵀ, λ_i = κ^{−(i−1)/(d−1)}, Q random orthogonal.
+
+    Q is drawn from ``basis_seed``; θ* = ones, start θ₀ = 0, f* = 0, condition
+    number κ. The minimum is away from the origin so that weight decay (AdamW)
+    does not pull toward it.
+    """
+    generator = torch.Generator().manual_seed(basis_seed)
+    gaussian = torch.randn(dim, dim, generator=generator, dtype=torch.float64)
+    q, r = torch.linalg.qr(gaussian)
+    q = q * torch.sign(torch.diagonal(r))  # Haar-distributed
+    eigenvalues = kappa ** (-torch.arange(dim, dtype=torch.float64) / (dim - 1))
+    hessian = (q * eigenvalues) @ q.T
+    minimum = torch.ones(dim, dtype=torch.float64)
+
+    def fn(theta: Tensor) -> Tensor:
+        diff = theta - minimum
+        return 0.5 * diff @ (hessian @ diff)
+
+    name = f"quadratic_{kappa:.0e}".replace("+0", "")
+    return _deterministic(name, torch.zeros(dim), fn, 0.0)
+
+
+def _haar_rotation(dim: int, rng: np.random.RandomState) -> np.ndarray:
+    """A rotation in SO(dim) by the subgroup algorithm (Diaconis & Shahshahani, 1987).
+
+    Consumes ``rng`` exactly as DeepOBS's ``random_rotation`` does, so the
+    matrix matches theirs.
+    """
+    angle = 2 * np.pi * rng.uniform()
+    rotation = np.array([[np.cos(angle), np.sin(angle)], [-np.sin(angle), np.cos(angle)]])
+    for d in range(2, dim):
+        v = rng.normal(size=(d + 1, 1))
+        v /= np.sqrt(v.T @ v)
+        e = np.zeros((d + 1, 1))
+        e[0, 0] = 1.0
+        x = (e - v) / np.sqrt((e - v).T @ (e - v))
+        embedded = np.eye(d + 1)
+        embedded[1:, 1:] = rotation
+        rotation = embedded - 2 * np.outer(x, x.T @ embedded)  # Householder reflection
+    return -rotation
+
+
+def quadratic_deep(batch_size: int = 128) -> Problem:
+    r"""DeepOBS ``quadratic_deep``: mean over the batch of ½(θ−x)ᵀQ(θ−x), d = 100.
+
+    Q = Rᵀ diag(λ) R with 90 eigenvalues from U(0, 1) and 10 from U(30, 60),
+    drawn with R from a fresh ``RandomState(42)``; 1000 training points
+    x ~ N(0, 0.6²) from ``RandomState(42)``, the test set from ``RandomState(43)``;
+    θ₀ = ones. f* of the training loss is known in closed form (θ* = mean x).
+    """
+    dim, noise = 100, 0.6
+    rng = np.random.RandomState(42)
+    eigenvalues = np.concatenate([rng.uniform(0.0, 1.0, 90), rng.uniform(30.0, 60.0, 10)])
+    rotation = _haar_rotation(dim, rng)
+    hessian = torch.from_numpy(rotation.T @ np.diag(eigenvalues) @ rotation).float()
+    x_train = torch.from_numpy(np.random.RandomState(42).normal(0.0, noise, (1000, dim))).float()
+    x_test = torch.from_numpy(np.random.RandomState(43).normal(0.0, noise, (1000, dim))).float()
+
+    def mean_loss(theta: Tensor, x: Tensor) -> Tensor:
+        diff = theta - x
+        return 0.5 * ((diff @ hessian) * diff).sum(dim=1).mean()
+
+    centred = (x_train - x_train.mean(0)).double()
+    f_star = float(0.5 * ((centred @ hessian.double()) * centred).sum(dim=1).mean())
+    return Problem(
+        name="quadratic_deep",
+        init=lambda seed: Point(torch.ones(dim)),
+        loss=lambda model, batch: mean_loss(model.theta, batch[0]),
+        batches=_minibatches((x_train,), batch_size),
+        train_loss=_no_grad_float(lambda model: mean_loss(model.theta, x_train)),
+        test_loss=_no_grad_float(lambda model: mean_loss(model.theta, x_test)),
+        f_star=f_star,
+        stochastic=True,
+        steps_per_epoch=len(x_train) // batch_size,
+    )
+
+
+# ---------------------------------------------------------------- breast cancer
+@functools.lru_cache(maxsize=1)
+def _breast_cancer() -> tuple[Tensor, Tensor]:
+    from sklearn.datasets import load_breast_cancer
+
+    x, y = load_breast_cancer(return_X_y=True)
+    x = (x - x.mean(0)) / x.std(0)
+    return torch.from_numpy(x), torch.from_numpy(y).double()
+
+
+def _lbfgs_minimum(fn: Callable[[nn.Module], Tensor], model: nn.Module) -> float:
+    """Run L-BFGS (strong Wolfe) on ``fn`` until it stops moving; return the minimum."""
+    optimizer = torch.optim.LBFGS(model.parameters(), lr=1.0, max_iter=1000,
+                                  tolerance_grad=1e-11, tolerance_change=1e-16,
+                                  history_size=50, line_search_fn="strong_wolfe")
+
+    def closure() -> Tensor:
+        optimizer.zero_grad()
+        loss = fn(model)
+        loss.backward()
+        return loss
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # 569×30: threads only add overhead (30× slower on a busy machine)
+    try:
+        for _ in range(3):  # restarts: each ends on a tolerance or max_iter
+            optimizer.step(closure)
+        with torch.no_grad():
+            return float(fn(model))
+    finally:
+        torch.set_num_threads(threads)
+
+
+def breast_cancer_logreg(l2: float = 1e-3) -> Problem:
+    """Full-batch logistic regression on standardised breast-cancer data, + l2/2·‖w‖²."""
+    x, y = _breast_cancer()
+
+    def init(seed: int) -> nn.Module:
+        model = nn.Linear(x.shape[1], 1, dtype=torch.float64)
+        nn.init.zeros_(model.weight)
+        nn.init.zeros_(model.bias)
+        return model
+
+    def full_loss(model: nn.Module) -> Tensor:
+        logits = model(x).squeeze(1)
+        data = nn.functional.binary_cross_entropy_with_logits(logits, y)
+        return data + 0.5 * l2 * model.weight.pow(2).sum()
+
+    return Problem(
+        name="breast_cancer_logreg",
+        init=init,
+        loss=lambda model, batch: full_loss(model),
+        batches=_full_batch,
+        train_loss=_no_grad_float(full_loss),
+        f_star=_lbfgs_minimum(full_loss, init(0)),
+        dtype=torch.float64,
+    )
+
+
+# ---------------------------------------------------------------- digits
+@functools.lru_cache(maxsize=4)
+def _digits(test_size: float | None) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None]:
+    """X/16 (float32) and labels; an 80/20 stratified split unless ``test_size`` is None."""
+    from sklearn.datasets import load_digits
+
+    x, y = load_digits(return_X_y=True)
+    x = torch.from_numpy(x / 16.0).float()
+    y = torch.from_numpy(y).long()
+    if not test_size:
+        return x, y, None, None
+    from sklearn.model_selection import train_test_split
+
+    train, test = train_test_split(np.arange(len(y)), test_size=test_size,
+                                   stratify=y.numpy(), random_state=0)
+    return x[train], y[train], x[test], y[test]
+
+
+def _classification(name: str, build: Callable[[], nn.Module], batch_size: int | None,
+                    test_size: float | None, image: bool = False) -> Problem:
+    """Cross-entropy on the digits with the model ``build()``; ``batch_size=None`` is full batch."""
+    x_train, y_train, x_test, y_test = _digits(test_size)
+    if image:
+        x_train = x_train.view(-1, 1, 8, 8)
+        x_test = None if x_test is None else x_test.view(-1, 1, 8, 8)
+
+    def loss(model: nn.Module, batch: Batch) -> Tensor:
+        x, y = (x_train, y_train) if batch is None else batch
+        return nn.functional.cross_entropy(model(x), y)
+
+    def accuracy(model: nn.Module) -> float:
+        with torch.no_grad():
+            return float((model(x_test).argmax(1) == y_test).double().mean())
+
+    full = batch_size is None or batch_size >= len(y_train)
+    return Problem(
+        name=name,
+        init=functools.partial(_seeded, build),
+        loss=loss,
+        batches=_full_batch if full else _minibatches((x_train, y_train), batch_size),
+        train_loss=_no_grad_float(lambda model: loss(model, None)),
+        test_accuracy=None if x_test is None else accuracy,
+        test_loss=None if x_test is None else _no_grad_float(
+            lambda model: nn.functional.cross_entropy(model(x_test), y_test)),
+        stochastic=not full,
+        steps_per_epoch=1 if full else len(y_train) // batch_size,
+    )
+
+
+_ACTIVATIONS: dict[str, type[nn.Module]] = {"tanh": nn.Tanh, "relu": nn.ReLU, "gelu": nn.GELU}
+
+
+class _Lambda(nn.Module):
+    def __init__(self, fn: Callable[[Tensor], Tensor]) -> None:
+        super().__init__()
+        self.fn = fn
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fn(x)
+
+
+def _activation(activation: str | type[nn.Module] | Callable[[Tensor], Tensor]) -> nn.Module:
+    if isinstance(activation, str):
+        if activation not in _ACTIVATIONS:
+            raise ValueError(
+                f"activation={activation!r} is unknown; use one of {list(_ACTIVATIONS)}")
+        return _ACTIVATIONS[activation]()
+    if isinstance(activation, type) and issubclass(activation, nn.Module):
+        return activation()
+    if callable(activation):
+        return _Lambda(activation)
+    raise TypeError(f"activation must be a name, an nn.Module class or a function, "
+                    f"got {type(activation).__name__}")
+
+
+def digits_mlp(
+    hidden: Sequence[int] = (64,),
+    activation: str | type[nn.Module] | Callable[[Tensor], Tensor] = "tanh",
+    *,
+    batch_size: int | None = 128,
+    test_size: float | None = 0.2,
+    zero_init: bool = False,
+    name: str | None = None,
+) -> Problem:
+    """An MLP 64-h₁-…-10 on the 8×8 digits (X/16), cross-entropy loss.
+
+    Args:
+        hidden: hidden widths; ``()`` is multinomial logistic regression.
+        activation: ``"tanh"``, ``"relu"``, ``"gelu"``, an ``nn.Module`` class
+            or a function such as ``torch.tanh``.
+        batch_size: mini-batch size (``drop_last``); ``None`` for full batch.
+        test_size: held-out fraction (stratified, ``random_state=0``);
+            ``None`` trains on all 1797 samples and has no test set.
+        zero_init: start from all-zero weights (the usual for logistic regression).
+        name: the problem's name (default from the architecture).
+
+    Example: the 64-64-10 tanh MLP on all samples, ``digits_mlp((64,), "tanh", test_size=None)``.
+    """
+    widths = [64, *hidden, 10]
+
+    def build() -> nn.Module:
+        layers: list[nn.Module] = []
+        for i, (n_in, n_out) in enumerate(itertools.pairwise(widths)):
+            if i:
+                layers.append(_activation(activation))
+            layers.append(nn.Linear(n_in, n_out))
+        model = nn.Sequential(*layers)
+        if zero_init:
+            for p in model.parameters():
+                nn.init.zeros_(p)
+        return model
+
+    default_name = "digits_mlp_" + "-".join(map(str, widths))
+    return _classification(name or default_name, build, batch_size, test_size)
+
+
+def digits_cnn(batch_size: int | None = 128, test_size: float | None = 0.2) -> Problem:
+    """A small CNN on the 8×8 digits: conv 8 → max-pool → conv 16 → linear 10 (ReLU)."""
+
+    def build() -> nn.Module:
+        return nn.Sequential(
+            nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(8, 16, 3, padding=1), nn.ReLU(),
+            nn.Flatten(), nn.Linear(16 * 4 * 4, 10),
+        )
+
+    return _classification("digits_cnn", build, batch_size, test_size, image=True)
+
+
+# ---------------------------------------------------------------- registry
+PROBLEMS: dict[str, Callable[[], Problem]] = {
+    "rosenbrock": functools.partial(test_function, "rosenbrock"),
+    "beale": functools.partial(test_function, "beale"),
+    "booth": functools.partial(test_function, "booth"),
+    "himmelblau": functools.partial(test_function, "himmelblau"),
+    "quadratic_1e2": functools.partial(rotated_quadratic, 1e2),
+    "quadratic_1e4": functools.partial(rotated_quadratic, 1e4),
+    "quadratic_1e6": functools.partial(rotated_quadratic, 1e6),
+    "breast_cancer_logreg": breast_cancer_logreg,
+    "quadratic_deep": quadratic_deep,
+    "digits_logreg": functools.partial(digits_mlp, (), zero_init=True, name="digits_logreg"),
+    "digits_mlp": functools.partial(digits_mlp, (128, 128), "tanh", name="digits_mlp"),
+    "digits_cnn": digits_cnn,
+}
+"""Every named problem: ``PROBLEMS[name]()`` builds it (``get_problem`` caches it)."""
+
+
+@functools.cache
+def get_problem(name: str) -> Problem:
+    """The problem called ``name`` (built once per process)."""
+    if name not in PROBLEMS:
+        raise ValueError(f"unknown problem {name!r}; choose from {sorted(PROBLEMS)}")
+    return PROBLEMS[name]()
+
+
+_STOCHASTIC = ("quadratic_deep", "digits_logreg", "digits_mlp", "digits_cnn")
+
+
+def deterministic_problems() -> list[str]:
+    """Names of the full-batch problems."""
+    return [name for name in PROBLEMS if name not in _STOCHASTIC]
+
+
+def stochastic_problems() -> list[str]:
+    """Names of the mini-batch problems."""
+    return list(_STOCHASTIC)
+
+
+def _check() -> None:  # pragma: no cover - a quick self-test: python -m newt.problems
+    for name in PROBLEMS:
+        p = get_problem(name)
+        model = p.init(0)
+        loss = p.loss(model, next(p.batches(0)))
+        print(f"{name:22s} loss₀={float(loss):.6g} train={p.train_loss(model):.6g} "
+              f"f*={p.f_star} stochastic={p.stochastic} steps/epoch={p.steps_per_epoch}")
+        assert math.isfinite(float(loss))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    _check()
