@@ -1,25 +1,30 @@
-r"""``NewtOptimizer``: wrap any optimizer and learn each group's step size α.
+r"""`NewtOptimizer`: wrap any optimizer and learn each group's step size α.
 
 The inner optimizer proposes the update; newt moves the step size of each
-parameter group with a Newton step on :math:`g_t(\alpha) = L(\theta_t - \alpha u_t)`:
+parameter group with a Newton step on $g_t(\alpha) = L(\theta_t - \alpha u_t)$:
 
-.. math::
+$$
+\theta_{t+1} = \theta_t - \alpha_t u_t, \qquad
+\alpha_{t+1} = \alpha_t - \frac{g_t'(\alpha_t)}{g_t''(\alpha_t)},
+$$
 
-    \theta_{t+1} = \theta_t - \alpha_t u_t, \qquad
-    \alpha_{t+1} = \alpha_t - \frac{g_t'(\alpha_t)}{g_t''(\alpha_t)},
+with $g_t'$ from the gradient at the shifted point $\theta_{t+1}$ (the
+*lookahead*) and $g_t''$ from a difference of gradients or of losses
+(`newt.rule`). Where the lookahead comes from is the step mode:
 
-with :math:`g_t'` from the gradient at the shifted point :math:`\theta_{t+1}`
-(the *lookahead*) and :math:`g_t''` from a difference of gradients or of
-losses (:mod:`newt.rule`). Where the lookahead comes from is the step mode:
-
-- ``step(closure)``: the closure is evaluated at :math:`\theta_t` and again at
-  :math:`\theta_{t+1}` on the same batch (two evaluations per step);
-- ``step(closure)`` with ``reuse_lookahead=True``: for a deterministic
-  closure, the evaluation at :math:`\theta_{t+1}` is the next step's first
-  evaluation (one per step);
-- ``step()`` after the user's ``backward()``: the gradient of the *next* batch
-  at :math:`\theta_{t+1}` is the lookahead of the previous step (no extra
-  evaluation; the curvature estimate then carries batch-to-batch noise).
+- `step(closure)`: the closure is evaluated at $\theta_t$ and again at
+  $\theta_{t+1}$ on the same batch (two evaluations per step). The second
+  evaluation gives the curvature, the loss-increase check and the undo of a
+  non-finite step; the slope $g_t'(\alpha_t)$ is read from the *next* step's
+  first evaluation (a fresh batch at $\theta_{t+1}$), so α is updated at the
+  start of the next step (`slope="next_batch"`, the default;
+  `slope="same_batch"` updates it at once from the same batch, as the seed did);
+- `step(closure)` with `reuse_lookahead=True`: for a deterministic closure,
+  the evaluation at $\theta_{t+1}$ is the next step's first evaluation (one
+  per step);
+- `step()` after the user's `backward()`: the gradient of the next batch at
+  $\theta_{t+1}$ is the lookahead of the previous step (no extra evaluation;
+  the curvature estimate then carries batch-to-batch noise).
 """
 
 from __future__ import annotations
@@ -59,11 +64,20 @@ _STATE_KEY = "newt"  # per-group state lives in group["newt"], so state_dict() c
 
 @dataclass(frozen=True)
 class NewtStats:
-    r"""What newt saw and decided for one parameter group at its last step.
+    r"""What newt saw and decided for one parameter group at its last α update.
 
-    ``slope`` is :math:`g_t'(\alpha_t)` and ``curvature`` the estimate of
-    :math:`g_t''(\alpha_t)`; ``lr`` is the α the step used and ``next_lr`` the
-    α the next step will use.
+    Attributes:
+        lr: the α of the step this update describes ($\alpha_t$).
+        next_lr: the α this update produced, i.e. the group's α now. In the
+            closure mode with `slope="next_batch"` the update of step $t$ runs at
+            the start of step $t+1$, so after `step()` returns this is the α
+            that step used; the next step will update it first.
+        slope: $g_t'(\alpha_t) = -B/\alpha_t$.
+        curvature: the estimate of $g_t''(\alpha_t)$, $C/\alpha_t^2$.
+        loss: $L(\theta_t)$ (closure mode; `None` otherwise).
+        lookahead_loss: $L(\theta_{t+1})$ on the same batch (closure mode).
+        safeguard: the name of the `newt.rule.Safeguard` that decided α.
+        step: how many α updates this group has had.
     """
 
     lr: float
@@ -122,49 +136,61 @@ def _check_options(options: dict[str, Any], where: str) -> None:
 class NewtOptimizer(Optimizer):
     r"""Learn the step size of any optimizer with a Newton step on α.
 
-    .. math::
-
-        \theta_{t+1} = \theta_t - \alpha_t u_t, \qquad
-        \alpha_{t+1} = \operatorname{clamp}\big(\alpha_t\, \hat f_t,\
-            \text{lr\_min},\ \text{lr\_max}\big), \qquad
-        \hat f_t = \Big(1 + \frac{B_t}{C_t}\Big)^{\gamma}
+    $$
+    \theta_{t+1} = \theta_t - \alpha_t u_t, \qquad
+    \alpha_{t+1} = \operatorname{clamp}\big(\alpha_t\, \hat f_t,\
+        \text{lr\_min},\ \text{lr\_max}\big), \qquad
+    \hat f_t = \Big(1 + \frac{B_t}{C_t}\Big)^{\gamma}
+    $$
 
     where
 
-    - :math:`u_t` is the inner optimizer's update direction at step size
-      :math:`\alpha_t` (the group's ``lr``);
-    - :math:`B_t = \langle\nabla L(\theta_{t+1}), \theta_t - \theta_{t+1}\rangle`
-      is the lookahead slope, :math:`A_t` the same at :math:`\theta_t`;
-    - :math:`C_t = A_t - B_t` (``curvature="gradient"``) or
-      :math:`2(L(\theta_t) - L(\theta_{t+1}) - B_t)` (``curvature="loss"``);
-    - :math:`\hat f_t` is damped by ``gamma``, clamped to
-      ``[factor_min, factor_max]`` and replaced by the safeguards of
-      :func:`newt.rule.update_lr` (loss increase, non-positive curvature,
-      non-finite values).
+    - $u_t$ is the inner optimizer's update direction at step size $\alpha_t$
+      (the group's `lr`);
+    - $B_t = \langle\nabla L(\theta_{t+1}), \theta_t - \theta_{t+1}\rangle$ is the
+      lookahead slope, $A_t$ the same at $\theta_t$;
+    - $C_t = A_t - B_t$ (`curvature="gradient"`) or
+      $2(L(\theta_t) - L(\theta_{t+1}) - B_t)$ (`curvature="loss"`);
+    - $1 + B_t/C_t$ is clamped to `[factor_min, factor_max]`, damped by γ and
+      replaced by the safeguards of `newt.rule.newton_update` (loss increase,
+      non-positive curvature, no information, non-finite values).
 
-    ``NewtOptimizer`` shares ``param_groups`` with the inner optimizer: the α
-    of a group is its ``lr``, and every option below can be set per group
-    (pass it in the group's dict when building the inner optimizer).
+    `NewtOptimizer` shares `param_groups` with the inner optimizer: the α of a
+    group is its `lr`, and every keyword option can be set per group (put it in
+    the group's dict when building the inner optimizer). An LR scheduler
+    attached to the `NewtOptimizer` scales the learned α: the inner step uses
+    α · lr / initial_lr, and α is kept in the group's newt state.
 
     Args:
         inner: the optimizer that proposes the update direction.
-        preset: ``"default"`` or ``"seed"`` (the seed project's constants);
+        preset: `"default"` or `"seed"` (the seed project's constants);
             keyword options override it.
         reuse_lookahead: with a deterministic closure (full batch), reuse the
-            evaluation at :math:`\theta_{t+1}` as the next step's first one:
-            one closure call per step instead of two.
+            evaluation at $\theta_{t+1}$ as the next step's first one: one
+            closure call per step instead of two.
         foreach: use the multi-tensor kernels (default: on).
-        curvature: ``"gradient"`` or ``"loss"``; see :mod:`newt.rule`.
-        update: ``"log"`` (step of ``gamma`` in log α) or ``"linear"`` (the seed's).
-        gamma: damping of the Newton step, in [0, 1]; 0 never changes α.
-        eps: relative threshold under which the curvature counts as non-positive.
-        lr_min, lr_max: clamps on α.
-        factor_min, factor_max: clamps on α's per-step factor.
-        backoff: cap on the factor when the lookahead loss rose.
-        nonconvex_factor: factor when the curvature estimate is not positive.
-        nonfinite_factor: factor after a non-finite lookahead (the step is undone).
+        **options: the keyword options below.
 
-    Example:
+    Keyword Args:
+        curvature (str): `"gradient"` ($C = A - B$) or `"loss"`
+            ($C = 2(L_t - L_{t+1} - B)$, closure mode only; with several groups
+            the loss change mixes all groups' steps, so use it with one group).
+        slope (str): `"next_batch"` (closure mode reads $B$ from the next
+            step's batch) or `"same_batch"` (the seed's rule; closure mode only).
+        beta (float): averaging of $g'$ and $g''$ over steps, in [0, 1); 0 is off.
+        update (str): `"log"` (a step of γ in log α) or `"linear"` (the seed's).
+        gamma (float): damping of the Newton step, in [0, 1]; 0 never changes α.
+        eps (float): relative threshold under which the curvature counts as
+            non-positive: $C \le \varepsilon(|A| + |B|)$.
+        lr_min (float): lower clamp on α.
+        lr_max (float): upper clamp on α.
+        factor_min (float): lower clamp on the Newton factor (before damping).
+        factor_max (float): upper clamp on the Newton factor (before damping).
+        backoff (float): cap on the factor when the lookahead loss rose.
+        nonconvex_factor (float): factor when the curvature is not positive.
+        nonfinite_factor (float): factor after a non-finite step, which is undone.
+
+    Examples:
         >>> import torch, newt
         >>> w = torch.nn.Parameter(torch.tensor([3.0, -2.0]))
         >>> opt = newt.NewtOptimizer(torch.optim.SGD([w], lr=0.01))
@@ -216,6 +242,13 @@ class NewtOptimizer(Optimizer):
         self.foreach = True if foreach is None else bool(foreach)
         self._reuse: tuple[Callable[[], Any], Tensor, list[int]] | None = None
         super().__init__(inner.param_groups, defaults)
+        if len(self.param_groups) > 1 and any(g["curvature"] == "loss" for g in self.param_groups):
+            warnings.warn(
+                "NewtOptimizer(curvature='loss') with several parameter groups: the loss change "
+                "L(θ_t) − L(θ_{t+1}) mixes every group's step, so each group's curvature "
+                "estimate is biased; use curvature='gradient' for per-group α",
+                UserWarning, stacklevel=2,
+            )
 
     # ------------------------------------------------------------------ groups
     def add_param_group(self, param_group: dict[str, Any]) -> None:
@@ -262,7 +295,7 @@ class NewtOptimizer(Optimizer):
         return state
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Load a :meth:`state_dict`; newt's and the inner optimizer's groups stay one."""
+        """Load a `state_dict`; newt's and the inner optimizer's groups stay one."""
         if "inner" not in state_dict:
             raise ValueError(
                 "NewtOptimizer.load_state_dict: no 'inner' entry; this is not a "
@@ -455,11 +488,11 @@ class NewtOptimizer(Optimizer):
     # ------------------------------------------------------------------ step
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:  # type: ignore[override]
-        """Take one step: with ``closure`` (two evaluations, or one with
+        r"""Take one step: with ``closure`` (two evaluations, or one with
         ``reuse_lookahead``), or without (after the user's ``backward()``).
 
         Returns:
-            The loss at :math:`\\theta_t` returned by the closure, or ``None``.
+            The loss at $\theta_t$ returned by the closure, or ``None``.
         """
         if closure is None:
             self._step_without_closure()
@@ -598,7 +631,13 @@ class NewtOptimizer(Optimizer):
                       & torch.isfinite(curvature) & torch.isfinite(lookahead_loss))
             st["pending_slope"] = slope
             st["pending_curvature"] = curvature
-            st["pending_loss_increase"] = lookahead_loss > loss_t
+            if group["curvature"] == "loss":
+                st["pending_loss_increase"] = lookahead_loss > loss_t
+            else:
+                # This group's share of the loss change, by the trapezoid rule along its own
+                # displacement: L(θ_t) − L(θ_{t+1}) ≈ (A + B)/2. Other groups' steps do not
+                # enter it, so each group's α stays its own.
+                st["pending_loss_increase"] = slope + lookahead_slope < 0
             st["valid"] = torch.ones((), dtype=torch.bool, device=slope.device)
             if group["slope"] == "same_batch":
                 self._newton(group, st, lookahead_slope)  # the seed's rule: same-batch slope
