@@ -56,8 +56,8 @@ _RULE_OPTIONS = (
     "nonconvex_factor", "nonfinite_factor",
 )
 _OPTIONS = (
-    "curvature", "slope", "beta", "update", "gamma", "eps", "lr_min", "lr_max", "factor_min",
-    "factor_max", "backoff", "nonconvex_factor", "nonfinite_factor",
+    "curvature", "slope", "reject", "beta", "update", "gamma", "eps", "lr_min", "lr_max",
+    "factor_min", "factor_max", "backoff", "nonconvex_factor", "nonfinite_factor",
 )
 _STATE_KEY = "newt"  # per-group state lives in group["newt"], so state_dict() carries it
 
@@ -96,6 +96,10 @@ def _check_options(options: dict[str, Any], where: str) -> None:
 
     for name in _OPTIONS:
         if name in ("curvature", "slope", "update"):
+            continue
+        if name == "reject":
+            if not isinstance(options[name], bool):
+                raise TypeError(f"{where}: reject must be True or False, got {options[name]!r}")
             continue
         value = options[name]
         if isinstance(value, bool) or not isinstance(value, (int, float)):
@@ -177,6 +181,10 @@ class NewtOptimizer(Optimizer):
             the loss change mixes all groups' steps, so use it with one group).
         slope (str): `"next_batch"` (closure mode reads $B$ from the next
             step's batch) or `"same_batch"` (the seed's rule; closure mode only).
+        reject (bool): closure mode: undo a step that raised the batch's loss (the
+            group's share of it, by the trapezoid rule, when several groups step)
+            and multiply α by `backoff` (by `backoff**gamma` with `update="log"`).
+            Off when `gamma=0`, so that γ = 0 is exactly the inner optimizer.
         beta (float): averaging of $g'$ and $g''$ over steps, in [0, 1); 0 is off.
         update (str): `"log"` (a step of γ in log α) or `"linear"` (the seed's).
         gamma (float): damping of the Newton step, in [0, 1]; 0 never changes α.
@@ -471,13 +479,16 @@ class NewtOptimizer(Optimizer):
         # A non-finite lookahead slope means a non-finite gradient at the current point.
         return torch.isfinite(lookahead_slope) & (result.finite | ~valid)
 
-    def _shrink_where(self, group: dict[str, Any], st: dict[str, Any], keep: Tensor) -> None:
-        """α ← clamp(α · nonfinite_factor) where ``keep`` is false (an undone step)."""
+    def _shrink_where(self, group: dict[str, Any], st: dict[str, Any], keep: Tensor,
+                      factor: float | None = None,
+                      reason: Safeguard = Safeguard.NONFINITE) -> None:
+        """α ← clamp(α · factor) where ``keep`` is false (an undone step), without a sync."""
+        factor = group["nonfinite_factor"] if factor is None else factor
         alpha = self._alpha_tensor(group, st)
-        shrunk = torch.clamp(alpha * group["nonfinite_factor"], group["lr_min"], group["lr_max"])
+        shrunk = torch.clamp(alpha * factor, group["lr_min"], group["lr_max"])
         self._set_alpha(group, torch.where(keep, alpha, shrunk.to(alpha.dtype)))
         st["safeguard"] = torch.where(keep, st.get("safeguard", int(Safeguard.FIRST_STEP)),
-                                      int(Safeguard.NONFINITE))
+                                      int(reason))
 
     def _alpha_tensor(self, group: dict[str, Any], st: dict[str, Any]) -> Tensor:
         alpha = self._alpha(group)
@@ -574,7 +585,7 @@ class NewtOptimizer(Optimizer):
         loss = None
         if self.reuse_lookahead and self._reuse is not None:
             cached_closure, cached_loss, versions = self._reuse
-            if cached_closure is not closure:
+            if cached_closure != closure:  # bound methods are new objects at each access
                 warnings.warn(
                     "NewtOptimizer(reuse_lookahead=True): step() got a different closure than "
                     "the last step, so the cached lookahead evaluation cannot be reused; "
@@ -618,7 +629,8 @@ class NewtOptimizer(Optimizer):
 
         lookahead_loss = self._evaluate(closure).detach()
         loss_t = loss.detach()
-        all_finite = torch.isfinite(lookahead_loss)
+        all_kept = torch.isfinite(lookahead_loss)
+        active = sum(1 for params, _ in lists if params)
         for group, (params, snapshots), slope in zip(self.param_groups, lists, slopes, strict=True):
             if not params:
                 continue
@@ -631,7 +643,7 @@ class NewtOptimizer(Optimizer):
                       & torch.isfinite(curvature) & torch.isfinite(lookahead_loss))
             st["pending_slope"] = slope
             st["pending_curvature"] = curvature
-            if group["curvature"] == "loss":
+            if group["curvature"] == "loss" or active == 1:
                 st["pending_loss_increase"] = lookahead_loss > loss_t
             else:
                 # This group's share of the loss change, by the trapezoid rule along its own
@@ -639,16 +651,22 @@ class NewtOptimizer(Optimizer):
                 # enter it, so each group's α stays its own.
                 st["pending_loss_increase"] = slope + lookahead_slope < 0
             st["valid"] = torch.ones((), dtype=torch.bool, device=slope.device)
+            keep = finite
+            if group["reject"] and group["gamma"] > 0:  # undo a step that raised the loss
+                keep = finite & ~st["pending_loss_increase"]
             if group["slope"] == "same_batch":
                 self._newton(group, st, lookahead_slope)  # the seed's rule: same-batch slope
                 st.pop("pending_slope")
             else:
                 # Undone steps shrink α now; the Newton step waits for the next batch.
-                self._shrink_where(group, st, finite)
-                st["valid"] = finite
-            F.restore_where(finite, params, snapshots)  # undo a step that went non-finite
-            all_finite = all_finite & finite
-        if self.reuse_lookahead and bool(all_finite):
+                self._shrink_where(group, st, finite, group["nonfinite_factor"],
+                                   Safeguard.NONFINITE)
+                backoff = group["backoff"] ** (group["gamma"] if group["update"] == "log" else 1)
+                self._shrink_where(group, st, keep | ~finite, backoff, Safeguard.LOSS_INCREASE)
+                st["valid"] = keep
+            F.restore_where(keep, params, snapshots)
+            all_kept = all_kept & keep
+        if self.reuse_lookahead and bool(all_kept):
             # θ_{t+1} was kept: its loss and gradients are the next step's first evaluation.
             self._reuse = (closure, lookahead_loss, self._versions())
         return loss

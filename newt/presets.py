@@ -19,6 +19,7 @@ DEFAULT: MappingProxyType[str, Any] = MappingProxyType(
     {
         "curvature": "gradient",
         "slope": "next_batch",
+        "reject": True,
         "beta": 0.0,
         "update": "log",
         "gamma": 0.5,
@@ -37,6 +38,7 @@ SEED: MappingProxyType[str, Any] = MappingProxyType(
     {
         "curvature": "gradient",
         "slope": "same_batch",
+        "reject": False,
         "beta": 0.0,
         "update": "linear",
         "gamma": 1e-3,

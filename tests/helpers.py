@@ -38,6 +38,7 @@ ORACLE_OPTIONS = {
     "lr_max": math.inf,
     "eps": 0.0,
     "backoff": 1.0,
+    "reject": False,  # keep every step: the oracle compares α along the whole trajectory
 }
 
 INNER_NAMES = ("sgd", "momentum", "adam")

@@ -207,7 +207,7 @@ def test_complex_quadratic_converges(foreach):
         return loss
 
     first = float(closure())
-    for _ in range(100):
+    for _ in range(200):
         opt.step(closure)
     assert z.dtype == torch.complex128
     assert float(closure()) < 1e-6 * first

@@ -482,7 +482,9 @@ def test_inner_lr_is_the_learned_alpha_times_the_schedule_factor(schedule):
     q = fixed_quadratic()
     inner = torch.optim.SGD([q.x], lr=0.05)
     used = record_lrs(inner)
-    opt = newt.NewtOptimizer(inner)
+    # reject=False: every α the rule produces is used by the next inner step, so the
+    # trace below can be matched step by step.
+    opt = newt.NewtOptimizer(inner, reject=False)
     if schedule == "linear_warmup":
         sched = torch.optim.lr_scheduler.LinearLR(opt, start_factor=0.25, total_iters=5)
     else:
@@ -509,3 +511,64 @@ def test_inner_lr_is_the_learned_alpha_times_the_schedule_factor(schedule):
         assert any(learned[t] == pytest.approx(a, rel=1e-9) for a in alphas[t - 1:t + 1]), t
     assert learned[0] == pytest.approx(0.05)
     assert max(learned) > 2 * 0.05  # learned, not erased by the schedule
+
+
+def test_a_step_that_raises_the_loss_is_undone_and_alpha_backs_off():
+    """reject=True (default): if L(θ_{t+1}) > L(θ_t) on the same closure, θ goes back to θ_t
+    exactly and α is multiplied by backoff**gamma."""
+    x = torch.nn.Parameter(torch.tensor([1.0], dtype=torch.float64))
+    opt = newt.NewtOptimizer(torch.optim.SGD([x], lr=3.0))  # 1 − 3·2 = −5: the loss rises
+
+    def closure():
+        opt.zero_grad()
+        loss = (x**2).sum()
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    assert x.item() == 1.0
+    stats = opt.last_stats()[0]
+    assert stats.safeguard == "loss_increase"
+    assert opt.param_groups[0]["lr"] == pytest.approx(3.0 * 0.5**0.5, rel=1e-12)
+    for _ in range(20):
+        opt.step(closure)
+    assert abs(x.item()) < 1e-3
+
+
+def test_without_reject_the_step_that_raises_the_loss_is_kept():
+    x = torch.nn.Parameter(torch.tensor([1.0], dtype=torch.float64))
+    opt = newt.NewtOptimizer(torch.optim.SGD([x], lr=3.0), reject=False)
+
+    def closure():
+        opt.zero_grad()
+        loss = (x**2).sum()
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    assert x.item() == -5.0
+
+
+def test_reuse_accepts_a_bound_method_closure():
+    """`obj.closure` is a new object at every access; reuse must still recognise it."""
+
+    class Trainer:
+        def __init__(self) -> None:
+            self.w = torch.nn.Parameter(torch.tensor([2.0, -1.0]))
+            self.opt = newt.NewtOptimizer(torch.optim.SGD([self.w], lr=0.1),
+                                          reuse_lookahead=True)
+            self.calls = 0
+
+        def closure(self) -> torch.Tensor:
+            self.calls += 1
+            self.opt.zero_grad()
+            loss = (self.w**2).sum()
+            loss.backward()
+            return loss
+
+    trainer = Trainer()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for _ in range(10):
+            trainer.opt.step(trainer.closure)
+    assert trainer.calls == 11
