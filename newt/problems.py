@@ -1,30 +1,32 @@
 r"""A library of optimisation problems shared by benchmarks, tests and examples.
 
-Every problem is a :class:`Problem`: build fresh parameters with
-``problem.init(seed)`` (an ``nn.Module``), draw batches with
-``problem.batches(seed)`` (an endless iterator; ``None`` batches for
-full-batch problems), and evaluate ``problem.loss(model, batch)``.
+Every problem is a `Problem`: build fresh parameters with `problem.init(seed)`
+(an `nn.Module`), draw batches with `problem.batches(seed)` (an endless
+iterator; `None` batches for full-batch problems), and evaluate
+`problem.loss(model, batch)`.
 
 Deterministic (full batch, float64):
 
-- ``rosenbrock``, ``beale``, ``booth``, ``himmelblau``: the classic 2-D
-  functions from their classic starts;
-- ``quadratic_1e2``, ``quadratic_1e4``, ``quadratic_1e6``:
-  :math:`\tfrac12 (\theta - 1)^\top Q \Lambda Q^\top (\theta - 1)` in d = 50 with
-  :math:`\lambda_i = \kappa^{-(i-1)/(d-1)}`, a seeded random orthogonal Q, θ₀ = 0;
-- ``breast_cancer_logreg``: standardised, L2-regularised (λ = 1e-3)
-  logistic regression; f* from L-BFGS run to convergence (cached).
+- `rosenbrock`, `beale`, `booth`, `himmelblau`: the classic 2-D functions
+  from their classic starts;
+- `quadratic_1e2`, `quadratic_1e4`, `quadratic_1e6`:
+  $\tfrac12 (\theta - \mathbf{1})^\top Q \Lambda Q^\top (\theta - \mathbf{1})$
+  in $d = 50$ with $\Lambda = \operatorname{diag}(\lambda_i)$,
+  $\lambda_i = \kappa^{-(i-1)/(d-1)}$, a seeded random orthogonal $Q$ and
+  $\theta_0 = 0$;
+- `breast_cancer_logreg`: standardised, L2-regularised ($\lambda = 10^{-3}$)
+  logistic regression; $f^*$ from L-BFGS run to convergence (cached).
 
-Stochastic (mini-batch, float32, batch 128, ``drop_last``):
+Stochastic (mini-batch, float32, batch 128, `drop_last`):
 
-- ``quadratic_deep``: DeepOBS's noisy quadratic (d = 100);
-- ``digits_logreg``, ``digits_mlp`` (64-128-128-10 tanh), ``digits_cnn``:
-  scikit-learn's 8×8 digits, X/16, 80/20 stratified split.
+- `quadratic_deep`: DeepOBS's noisy quadratic ($d = 100$);
+- `digits_logreg`, `digits_mlp` (64-128-128-10 tanh), `digits_cnn`:
+  scikit-learn's 8×8 digits, $X/16$, 80/20 stratified split.
 
 scikit-learn is imported only when a digits or breast-cancer problem is
-built, so ``import newt`` never needs it.
+built, so `import newt` never needs it.
 
-Example:
+Examples:
     >>> from newt.problems import get_problem
     >>> p = get_problem("rosenbrock")
     >>> model = p.init(0)
@@ -66,14 +68,14 @@ class Problem:
     """One optimisation problem: parameters, data, loss and how to judge the result.
 
     Attributes:
-        name: short identifier (``get_problem(name)`` rebuilds it).
-        init: ``init(seed)`` returns a fresh ``nn.Module`` holding the parameters.
-        loss: ``loss(model, batch)`` returns the scalar loss on one batch.
-        batches: ``batches(seed)`` returns an endless iterator of batches
-            (reshuffled every epoch from ``seed``); it yields ``None`` for
+        name: short identifier (`get_problem(name)` rebuilds it).
+        init: `init(seed)` returns a fresh `nn.Module` holding the parameters.
+        loss: `loss(model, batch)` returns the scalar loss on one batch.
+        batches: `batches(seed)` returns an endless iterator of batches
+            (reshuffled every epoch from `seed`); it yields `None` for
             full-batch problems.
         train_loss: loss on the whole training set (no gradient), as a float.
-        f_star: the minimum of ``train_loss`` when known, else ``None``.
+        f_star: the minimum $f^*$ of `train_loss` when known, else `None`.
         test_accuracy: accuracy on the held-out set, when there is one.
         test_loss: loss on the held-out set, when there is one.
         stochastic: whether batches differ from step to step.
@@ -94,14 +96,14 @@ class Problem:
     dtype: torch.dtype = torch.float32
 
     def suboptimality(self, model: nn.Module) -> float:
-        """``train_loss − f*`` when f* is known, else the training loss itself."""
+        """`train_loss(model)` $- f^*$ when $f^*$ is known, else the training loss itself."""
         value = self.train_loss(model)
         return value - self.f_star if self.f_star is not None else value
 
 
 # ---------------------------------------------------------------- plumbing
 class Point(nn.Module):
-    """A single parameter vector ``theta`` (for problems that are plain functions)."""
+    """A single parameter vector `theta` (for problems that are plain functions)."""
 
     def __init__(self, start: Tensor) -> None:
         super().__init__()
@@ -122,7 +124,7 @@ def _full_batch(seed: int) -> Iterator[None]:
 
 
 def _minibatches(tensors: Sequence[Tensor], batch_size: int) -> Callable[[int], Iterator[Batch]]:
-    """Endless shuffled mini-batches (``drop_last``), one permutation per epoch."""
+    """Endless shuffled mini-batches (`drop_last`), one permutation per epoch."""
     n = len(tensors[0])
     if batch_size > n:
         raise ValueError(f"batch_size={batch_size} exceeds the {n} training samples")
@@ -148,7 +150,7 @@ def _no_grad_float(fn: Callable[[nn.Module], Tensor]) -> Callable[[nn.Module], f
 
 def _deterministic(name: str, start: Tensor, fn: Callable[[Tensor], Tensor],
                    f_star: float | None) -> Problem:
-    """A full-batch problem ``fn(theta)`` from a fixed start (the seed is unused)."""
+    """A full-batch problem `fn(theta)` from a fixed start (the seed is unused)."""
     start = start.to(torch.float64)
 
     def loss(model: nn.Module, batch: Batch = None) -> Tensor:
@@ -193,18 +195,34 @@ _TEST_FUNCTIONS = {
 
 
 def test_function(name: str) -> Problem:
-    """Rosenbrock (start (−1.2, 1)), Beale (1, 1), Booth (0, 0) or Himmelblau (0, 0); f* = 0."""
+    """A classic 2-D test function from its classic start; $f^* = 0$.
+
+    Args:
+        name: `"rosenbrock"` (start $(-1.2, 1)$), `"beale"` ($(1, 1)$),
+            `"booth"` ($(0, 0)$) or `"himmelblau"` ($(0, 0)$).
+    """
     fn, start, f_star = _TEST_FUNCTIONS[name]
     return _deterministic(name, torch.tensor(start, dtype=torch.float64), fn, f_star)
 
 
 # ---------------------------------------------------------------- quadratics
 def rotated_quadratic(kappa: float, dim: int = 50, basis_seed: int = 0) -> Problem:
-    r"""½ (θ−θ*)ᵀA(θ−θ*), A = Q diag(λ) Qᵀ, λ_i = κ^{−(i−1)/(d−1)}, Q random orthogonal.
+    r"""A rotated quadratic with condition number $\kappa$:
 
-    Q is drawn from ``basis_seed``; θ* = ones, start θ₀ = 0, f* = 0, condition
-    number κ. The minimum is away from the origin so that weight decay (AdamW)
-    does not pull toward it.
+    $$
+    L(\theta) = \tfrac12 (\theta - \theta^*)^\top A\, (\theta - \theta^*), \qquad
+    A = Q \operatorname{diag}(\lambda) Q^\top, \qquad
+    \lambda_i = \kappa^{-(i-1)/(d-1)},
+    $$
+
+    with $Q$ a random orthogonal matrix, $\theta^* = \mathbf{1}$, start
+    $\theta_0 = 0$ and $f^* = 0$. The minimum is away from the origin so that
+    weight decay (AdamW) does not pull toward it.
+
+    Args:
+        kappa: the condition number $\kappa$.
+        dim: the dimension $d$.
+        basis_seed: the seed $Q$ is drawn from.
     """
     generator = torch.Generator().manual_seed(basis_seed)
     gaussian = torch.randn(dim, dim, generator=generator, dtype=torch.float64)
@@ -225,7 +243,7 @@ def rotated_quadratic(kappa: float, dim: int = 50, basis_seed: int = 0) -> Probl
 def _haar_rotation(dim: int, rng: np.random.RandomState) -> np.ndarray:
     """A rotation in SO(dim) by the subgroup algorithm (Diaconis & Shahshahani, 1987).
 
-    Consumes ``rng`` exactly as DeepOBS's ``random_rotation`` does, so the
+    Consumes `rng` exactly as DeepOBS's `random_rotation` does, so the
     matrix matches theirs.
     """
     angle = 2 * np.pi * rng.uniform()
@@ -243,12 +261,17 @@ def _haar_rotation(dim: int, rng: np.random.RandomState) -> np.ndarray:
 
 
 def quadratic_deep(batch_size: int = 128) -> Problem:
-    r"""DeepOBS ``quadratic_deep``: mean over the batch of ½(θ−x)ᵀQ(θ−x), d = 100.
+    r"""DeepOBS `quadratic_deep`: $\tfrac12 (\theta-x)^\top Q (\theta-x)$ averaged over a batch.
 
-    Q = Rᵀ diag(λ) R with 90 eigenvalues from U(0, 1) and 10 from U(30, 60),
-    drawn with R from a fresh ``RandomState(42)``; 1000 training points
-    x ~ N(0, 0.6²) from ``RandomState(42)``, the test set from ``RandomState(43)``;
-    θ₀ = ones. f* of the training loss is known in closed form (θ* = mean x).
+    $d = 100$; $Q = R^\top \operatorname{diag}(\lambda) R$ with 90 eigenvalues from
+    $U(0, 1)$ and 10 from $U(30, 60)$, drawn with $R$ from a fresh
+    `RandomState(42)`; 1000 training points $x \sim N(0, 0.6^2)$ from
+    `RandomState(42)`, the test set from `RandomState(43)`;
+    $\theta_0 = \mathbf{1}$. $f^*$ of the training loss is known in closed form
+    ($\theta^*$ is the mean of the training points).
+
+    Args:
+        batch_size: mini-batch size (`drop_last`).
     """
     dim, noise = 100, 0.6
     rng = np.random.RandomState(42)
@@ -288,7 +311,7 @@ def _breast_cancer() -> tuple[Tensor, Tensor]:
 
 
 def _lbfgs_minimum(fn: Callable[[nn.Module], Tensor], model: nn.Module) -> float:
-    """Run L-BFGS (strong Wolfe) on ``fn`` until it stops moving; return the minimum."""
+    """Run L-BFGS (strong Wolfe) on `fn` until it stops moving; return the minimum."""
     optimizer = torch.optim.LBFGS(model.parameters(), lr=1.0, max_iter=1000,
                                   tolerance_grad=1e-11, tolerance_change=1e-16,
                                   history_size=50, line_search_fn="strong_wolfe")
@@ -311,7 +334,15 @@ def _lbfgs_minimum(fn: Callable[[nn.Module], Tensor], model: nn.Module) -> float
 
 
 def breast_cancer_logreg(l2: float = 1e-3) -> Problem:
-    """Full-batch logistic regression on standardised breast-cancer data, + l2/2·‖w‖²."""
+    r"""Full-batch logistic regression on standardised breast-cancer data.
+
+    The loss is the mean binary cross-entropy plus
+    $\tfrac{\lambda}{2}\lVert w\rVert^2$ on the weights (not the bias), from
+    zero weights; $f^*$ is computed once with L-BFGS.
+
+    Args:
+        l2: the regularisation strength $\lambda$.
+    """
     x, y = _breast_cancer()
 
     def init(seed: int) -> nn.Module:
@@ -339,7 +370,7 @@ def breast_cancer_logreg(l2: float = 1e-3) -> Problem:
 # ---------------------------------------------------------------- digits
 @functools.lru_cache(maxsize=4)
 def _digits(test_size: float | None) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None]:
-    """X/16 (float32) and labels; an 80/20 stratified split unless ``test_size`` is None."""
+    """X/16 (float32) and labels; an 80/20 stratified split unless `test_size` is None."""
     from sklearn.datasets import load_digits
 
     x, y = load_digits(return_X_y=True)
@@ -356,7 +387,7 @@ def _digits(test_size: float | None) -> tuple[Tensor, Tensor, Tensor | None, Ten
 
 def _classification(name: str, build: Callable[[], nn.Module], batch_size: int | None,
                     test_size: float | None, image: bool = False) -> Problem:
-    """Cross-entropy on the digits with the model ``build()``; ``batch_size=None`` is full batch."""
+    """Cross-entropy on the digits with the model `build()`; `batch_size=None` is full batch."""
     x_train, y_train, x_test, y_test = _digits(test_size)
     if image:
         x_train = x_train.view(-1, 1, 8, 8)
@@ -420,19 +451,24 @@ def digits_mlp(
     zero_init: bool = False,
     name: str | None = None,
 ) -> Problem:
-    """An MLP 64-h₁-…-10 on the 8×8 digits (X/16), cross-entropy loss.
+    r"""An MLP $64$-$h_1$-…-$10$ on the 8×8 digits ($X/16$), cross-entropy loss.
 
     Args:
-        hidden: hidden widths; ``()`` is multinomial logistic regression.
-        activation: ``"tanh"``, ``"relu"``, ``"gelu"``, an ``nn.Module`` class
-            or a function such as ``torch.tanh``.
-        batch_size: mini-batch size (``drop_last``); ``None`` for full batch.
-        test_size: held-out fraction (stratified, ``random_state=0``);
-            ``None`` trains on all 1797 samples and has no test set.
+        hidden: hidden widths; `()` is multinomial logistic regression.
+        activation: `"tanh"`, `"relu"`, `"gelu"`, an `nn.Module` class
+            or a function such as `torch.tanh`.
+        batch_size: mini-batch size (`drop_last`); `None` for full batch.
+        test_size: held-out fraction (stratified, `random_state=0`);
+            `None` trains on all 1797 samples and has no test set.
         zero_init: start from all-zero weights (the usual for logistic regression).
         name: the problem's name (default from the architecture).
 
-    Example: the 64-64-10 tanh MLP on all samples, ``digits_mlp((64,), "tanh", test_size=None)``.
+    Examples:
+        The 64-64-10 tanh MLP on all 1797 samples, in batches of 64:
+
+        >>> p = digits_mlp((64,), "tanh", test_size=None, batch_size=64)
+        >>> p.name, p.steps_per_epoch, p.test_accuracy is None
+        ('digits_mlp_64-64-10', 28, True)
     """
     widths = [64, *hidden, 10]
 
@@ -453,7 +489,13 @@ def digits_mlp(
 
 
 def digits_cnn(batch_size: int | None = 128, test_size: float | None = 0.2) -> Problem:
-    """A small CNN on the 8×8 digits: conv 8 → max-pool → conv 16 → linear 10 (ReLU)."""
+    """A small CNN on the 8×8 digits: conv 8 → max-pool → conv 16 → linear 10 (ReLU).
+
+    Args:
+        batch_size: mini-batch size (`drop_last`); `None` for full batch.
+        test_size: held-out fraction (stratified, `random_state=0`);
+            `None` trains on all 1797 samples and has no test set.
+    """
 
     def build() -> nn.Module:
         return nn.Sequential(
@@ -480,12 +522,12 @@ PROBLEMS: dict[str, Callable[[], Problem]] = {
     "digits_mlp": functools.partial(digits_mlp, (128, 128), "tanh", name="digits_mlp"),
     "digits_cnn": digits_cnn,
 }
-"""Every named problem: ``PROBLEMS[name]()`` builds it (``get_problem`` caches it)."""
+"""Every named problem: `PROBLEMS[name]()` builds it (`get_problem` caches it)."""
 
 
 @functools.cache
 def get_problem(name: str) -> Problem:
-    """The problem called ``name`` (built once per process)."""
+    """The problem called `name` (built once per process; see `PROBLEMS`)."""
     if name not in PROBLEMS:
         raise ValueError(f"unknown problem {name!r}; choose from {sorted(PROBLEMS)}")
     return PROBLEMS[name]()

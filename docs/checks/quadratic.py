@@ -1,5 +1,7 @@
 """method.md: one undamped, unclamped newt step on a quadratic is the exact line search."""
 
+import warnings
+
 import torch
 
 import newt
@@ -52,8 +54,13 @@ def two_groups():
         with torch.no_grad():
             x.fill_(1.0)
             y.fill_(1.0)
-        opt = newt.NewtOptimizer(torch.optim.SGD([{"params": [x]}, {"params": [y]}], lr=1e-3),
-                                 curvature=curvature, **UNDAMPED)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            opt = newt.NewtOptimizer(
+                torch.optim.SGD([{"params": [x]}, {"params": [y]}], lr=1e-3),
+                curvature=curvature, **UNDAMPED)
+        for w in caught:
+            print(f"  {curvature}: {w.category.__name__}: {w.message}")
 
         def closure(opt=opt):
             opt.zero_grad()
