@@ -43,6 +43,7 @@ __all__ = [
     "all_finite",
     "copy_snapshot",
     "group_inner_product",
+    "nothing_to_undo",
     "restore_where",
     "zero_where",
 ]
@@ -206,8 +207,9 @@ def copy_snapshot(snapshots: Sequence[Tensor], params: Sequence[Tensor], *,
             s.copy_(p)
 
 
-def _nothing_to_do(keep: Tensor) -> bool:
-    # A CPU flag is read for free (no device to wait for); elsewhere never read.
+def nothing_to_undo(keep: Tensor) -> bool:
+    """True when ``keep`` is a CPU flag that is set: a CPU read is free (no device to
+    wait for), so the undo can be skipped; a flag on an accelerator is never read."""
     return keep.device.type == "cpu" and bool(keep)
 
 
@@ -217,7 +219,7 @@ def restore_where(keep: Tensor, params: Sequence[Tensor], snapshots: Sequence[Te
     ``torch.where`` rather than ``p + d``: the restore is exact and also undoes
     a step whose parameters went to inf/NaN.
     """
-    if _nothing_to_do(keep):
+    if nothing_to_undo(keep):
         return
     for p, s in zip(params, snapshots, strict=True):
         torch.where(keep, p, s, out=p)
@@ -225,7 +227,7 @@ def restore_where(keep: Tensor, params: Sequence[Tensor], snapshots: Sequence[Te
 
 def zero_where(keep: Tensor, tensors: Sequence[Tensor | None]) -> None:
     """``t ← t if keep else 0``, without a host sync (used on non-finite gradients)."""
-    if _nothing_to_do(keep):
+    if nothing_to_undo(keep):
         return
     drop = ~keep
     for t in tensors:

@@ -483,6 +483,8 @@ class NewtOptimizer(Optimizer):
                       factor: float | None = None,
                       reason: Safeguard = Safeguard.NONFINITE) -> None:
         """α ← clamp(α · factor) where ``keep`` is false (an undone step), without a sync."""
+        if F.nothing_to_undo(keep):
+            return
         factor = group["nonfinite_factor"] if factor is None else factor
         alpha = self._alpha_tensor(group, st)
         shrunk = torch.clamp(alpha * factor, group["lr_min"], group["lr_max"])
