@@ -15,30 +15,11 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
 import newt
+from benchmarks.overhead import live_bytes
 from newt import functional as F
 
 MODES = ("closure", "free", "reuse")
 GROUP_BUDGET = 1024  # bytes of 0-d/small tensors newt may keep per parameter group
-
-
-def _tensor_bytes(*collections) -> int:
-    """Bytes of the distinct storages of the tensors found in nested dicts/lists/tuples."""
-    seen: dict[int, int] = {}
-
-    def visit(x) -> None:
-        if isinstance(x, torch.Tensor):
-            storage = x.untyped_storage()
-            seen[storage.data_ptr()] = storage.nbytes()
-        elif isinstance(x, dict):
-            for v in x.values():
-                visit(v)
-        elif isinstance(x, (list, tuple)):
-            for v in x:
-                visit(v)
-
-    for c in collections:
-        visit(c)
-    return sum(seen.values())
 
 
 def _model() -> torch.nn.Module:
@@ -99,9 +80,9 @@ def test_newt_state_is_at_most_one_buffer_per_parameter(mode, inner_name):
     trained = [p for p in model.parameters() if p.requires_grad and p is not model.unused]
     param_bytes = sum(p.numel() * p.element_size() for p in trained)
 
-    per_param = _tensor_bytes(dict(opt.state))
-    per_group = [_tensor_bytes(g.get("newt", {})) for g in opt.param_groups]
-    extra = _tensor_bytes(opt.__dict__.get("_reuse"))  # the cached lookahead loss, if any
+    per_param = live_bytes(dict(opt.state))
+    per_group = [live_bytes(g.get("newt", {})) for g in opt.param_groups]
+    extra = live_bytes(opt.__dict__.get("_reuse"))  # the cached lookahead loss, if any
     assert per_param <= param_bytes
     assert all(b <= GROUP_BUDGET for b in per_group), per_group
     assert per_param + sum(per_group) + extra <= param_bytes + GROUP_BUDGET * len(per_group)

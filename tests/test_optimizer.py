@@ -513,11 +513,10 @@ def test_inner_lr_is_the_learned_alpha_times_the_schedule_factor(schedule):
     assert max(learned) > 2 * 0.05  # learned, not erased by the schedule
 
 
-def test_a_step_that_raises_the_loss_is_undone_and_alpha_backs_off():
-    """reject=True (default): if L(θ_{t+1}) > L(θ_t) on the same closure, θ goes back to θ_t
-    exactly and α is multiplied by backoff**gamma."""
+def _overshooting_sgd(**options):
+    """SGD with lr = 3 on x²: the step from x = 1 lands at −5 and raises the loss."""
     x = torch.nn.Parameter(torch.tensor([1.0], dtype=torch.float64))
-    opt = newt.NewtOptimizer(torch.optim.SGD([x], lr=3.0))  # 1 − 3·2 = −5: the loss rises
+    opt = newt.NewtOptimizer(torch.optim.SGD([x], lr=3.0), **options)
 
     def closure():
         opt.zero_grad()
@@ -525,10 +524,16 @@ def test_a_step_that_raises_the_loss_is_undone_and_alpha_backs_off():
         loss.backward()
         return loss
 
+    return x, opt, closure
+
+
+def test_a_step_that_raises_the_loss_is_undone_and_alpha_backs_off():
+    """reject=True (default): if L(θ_{t+1}) > L(θ_t) on the same closure, θ goes back to θ_t
+    exactly and α is multiplied by backoff**gamma."""
+    x, opt, closure = _overshooting_sgd()
     opt.step(closure)
     assert x.item() == 1.0
-    stats = opt.last_stats()[0]
-    assert stats.safeguard == "loss_increase"
+    assert opt.last_stats()[0].safeguard == "loss_increase"
     assert opt.param_groups[0]["lr"] == pytest.approx(3.0 * 0.5**0.5, rel=1e-12)
     for _ in range(20):
         opt.step(closure)
@@ -536,15 +541,7 @@ def test_a_step_that_raises_the_loss_is_undone_and_alpha_backs_off():
 
 
 def test_without_reject_the_step_that_raises_the_loss_is_kept():
-    x = torch.nn.Parameter(torch.tensor([1.0], dtype=torch.float64))
-    opt = newt.NewtOptimizer(torch.optim.SGD([x], lr=3.0), reject=False)
-
-    def closure():
-        opt.zero_grad()
-        loss = (x**2).sum()
-        loss.backward()
-        return loss
-
+    x, opt, closure = _overshooting_sgd(reject=False)
     opt.step(closure)
     assert x.item() == -5.0
 
