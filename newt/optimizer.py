@@ -110,8 +110,9 @@ def _check_options(options: dict[str, Any], where: str) -> None:
         fail("curvature", "use 'gradient' (gradient difference) or 'loss' (loss difference)")
     if options["slope"] not in ("next_batch", "same_batch"):
         fail("slope", "use 'next_batch' (lookahead slope from the next batch) or 'same_batch'")
-    if options["update"] not in ("log", "linear"):
-        fail("update", "use 'log' (damped step in log α) or 'linear' (the seed's rule)")
+    if options["update"] not in ("log", "exp", "linear"):
+        fail("update", "use 'log' (damped Newton factor in log α), 'exp' (its first-order, "
+             "noise-unbiased form) or 'linear' (the seed's rule)")
     if not 0.0 <= options["gamma"] <= 1.0:
         fail("gamma", "the damping must lie in [0, 1] (0 freezes α, 1 is a full Newton step)")
     if not 0.0 <= options["beta"] < 1.0:
@@ -186,7 +187,10 @@ class NewtOptimizer(Optimizer):
             and multiply α by `backoff` (by `backoff**gamma` with `update="log"`).
             Off when `gamma=0`, so that γ = 0 is exactly the inner optimizer.
         beta (float): averaging of $g'$ and $g''$ over steps, in [0, 1); 0 is off.
-        update (str): `"log"` (a step of γ in log α) or `"linear"` (the seed's).
+        update (str): `"log"` (a step of γ in log α), `"exp"` (the same with the
+            Newton factor $1 + B/C$ replaced by $e^{B/C}$: no downward drift
+            under a noisy slope, better for closure-free mini-batch training)
+            or `"linear"` (the seed's).
         gamma (float): damping of the Newton step, in [0, 1]; 0 never changes α.
         eps (float): relative threshold under which the curvature counts as
             non-positive: $C \le \varepsilon(|A| + |B|)$.

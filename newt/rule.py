@@ -48,7 +48,7 @@ __all__ = [
 ]
 
 Curvature = Literal["gradient", "loss"]
-Update = Literal["log", "linear"]
+Update = Literal["log", "exp", "linear"]
 
 
 class Safeguard(enum.IntEnum):
@@ -229,7 +229,10 @@ def newton_update(
     ``[factor_min, factor_max]`` and then raised to the power γ, a step of γ in
     $\log\alpha$ (γ = 0 never changes α; the per-step factor lies in
     $[\text{factor\_min}^\gamma, \text{factor\_max}^\gamma]$).
-    ``update="linear"`` (the seed's rule): the Newton factor becomes
+    ``update="exp"``: the same, with the Newton factor $f = 1 + B/C$
+    replaced by its first-order form in $\log\alpha$, $e^{B/C}$
+    (the average log-step under a noisy $B$ is then $\bar B/C$, with no
+    downward bias). ``update="linear"`` (the seed's rule): the Newton factor becomes
     $1 + \gamma(f - 1)$ and the result is clamped to ``[factor_min, factor_max]``.
     Then $\alpha_{t+1} = \operatorname{clamp}(\alpha_t \hat f,
     \text{lr\_min}, \text{lr\_max})$.
@@ -256,6 +259,10 @@ def newton_update(
 
     # g'' > 0: Newton factor f = 1 + B/C (the division is guarded where C is not positive).
     newton = 1.0 + B / torch.where(convex, C, one)
+    if update == "exp":
+        # e^{B/C}: the same first-order step in log α, but unbiased when B is noisy
+        # (E[log(1 + B/C)] < log(1 + E[B]/C) drifts α down; E[B/C] does not).
+        newton = torch.exp(torch.clamp(B / torch.where(convex, C, one), -50.0, 50.0))
     if update == "linear":
         newton = 1.0 + gamma * (newton - 1.0)
 
@@ -269,7 +276,7 @@ def newton_update(
     clamped = torch.clamp(factor, factor_min, factor_max)
     code = torch.where((clamped != factor) & (code == int(Safeguard.NEWTON)),
                        int(Safeguard.FACTOR_CLAMP), code)
-    if update == "log":
+    if update != "linear":
         # α ← α·f̂^γ: a step of γ in log α (the clamp above keeps f̂ > 0 when factor_min > 0).
         tiny = torch.finfo(dtype).tiny
         clamped = torch.exp(gamma * torch.log(torch.clamp(clamped, min=tiny)))

@@ -300,3 +300,27 @@ def test_seed_rule_grows_alpha_at_most_five_percent_and_cuts_it_tenfold_on_loss_
     assert new <= max(lr * 1.05 * (1 + 1e-12), SEED["lr_min"])
     if l1 > l0 and (a != 0 or b != 0):
         assert new <= max(lr * 0.1 * (1 + 1e-12), SEED["lr_min"])
+
+
+@pytest.mark.parametrize("gamma", [1.0, 0.5, 0.0])
+def test_exp_update_is_the_first_order_log_step(gamma):
+    """update="exp": α_{t+1} = α·exp(γ·B/C), with the same clamps as update="log"."""
+    lr, A, B = torch.tensor(0.3, dtype=torch.float64), torch.tensor(2.0, dtype=torch.float64), \
+        torch.tensor(0.5, dtype=torch.float64)
+    C = A - B
+    result = newt.rule.newton_update(lr, A, B, C, gamma=gamma, update="exp")
+    assert float(result.lr) == pytest.approx(0.3 * math.exp(gamma * 0.5 / 1.5), rel=1e-12)
+    clamped = newt.rule.newton_update(lr, A, B, C, gamma=gamma, update="exp", factor_max=1.1)
+    assert float(clamped.lr) == pytest.approx(0.3 * 1.1**gamma, rel=1e-12)
+
+
+def test_exp_update_has_no_downward_drift_under_zero_mean_slope_noise():
+    """With B = ±b (zero mean) and fixed C, log(1 + B/C) averages below 0 (α drifts down);
+    the exp update's log-step B/C averages exactly 0."""
+    lr = torch.tensor(1.0, dtype=torch.float64)
+    A, C = torch.tensor(1.0, dtype=torch.float64), torch.tensor(1.0, dtype=torch.float64)
+    for update, drifts in (("log", True), ("exp", False)):
+        slopes = [torch.tensor(b, dtype=torch.float64) for b in (0.6, -0.6)]
+        logs = [math.log(float(newt.rule.newton_update(lr, A, B, C, update=update).lr))
+                for B in slopes]
+        assert (sum(logs) < -1e-3) is drifts
