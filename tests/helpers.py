@@ -195,3 +195,12 @@ def quadratic_problems(draw, max_dim: int = 20, max_log_cond: float = 3.0):
     cond = 10.0 ** draw(st.floats(min_value=0.0, max_value=max_log_cond))
     seed = draw(seeds)
     return dim, cond, seed
+
+
+def step_in_mode(opt: torch.optim.Optimizer, closure, mode: str) -> None:
+    """One step: `opt.step(closure)` for mode "closure", else `closure(); opt.step()`."""
+    if mode == "closure":
+        opt.step(closure)
+    else:
+        closure()
+        opt.step()

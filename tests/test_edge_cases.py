@@ -7,7 +7,7 @@ import math
 
 import pytest
 import torch
-from helpers import INNER_NAMES, make_inner
+from helpers import INNER_NAMES, make_inner, step_in_mode
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -44,11 +44,7 @@ def test_frozen_and_gradient_free_parameters_are_skipped_and_untouched(mode):
 
     start = used.detach().clone()
     for _ in range(4):
-        if mode == "closure":
-            opt.step(closure)
-        else:
-            closure()
-            opt.step()
+        step_in_mode(opt, closure, mode)
     assert torch.equal(frozen, torch.tensor([3.0, 4.0]))
     assert torch.equal(unused, torch.tensor([5.0, 6.0]))
     assert unused.grad is None
@@ -119,11 +115,7 @@ def test_empty_group_and_group_without_gradients_are_left_alone(mode):
     assert opt.param_groups[2] is opt.inner.param_groups[2]
     closure = quadratic_closure(opt, [w])
     for _ in range(5):
-        if mode == "closure":
-            opt.step(closure)
-        else:
-            closure()
-            opt.step()
+        step_in_mode(opt, closure, mode)
     assert opt.param_groups[0]["lr"] != 0.1
     assert opt.param_groups[1]["lr"] == 0.1 and opt.param_groups[2]["lr"] == 0.3
     assert torch.equal(idle, torch.tensor([0.5]))
@@ -159,11 +151,7 @@ def test_tensor_lr_stays_the_same_object_and_is_updated_in_place(make, mode):
     opt = newt.NewtOptimizer(make([w], lr))
     closure = quadratic_closure(opt, [w])
     for _ in range(4):
-        if mode == "closure":
-            opt.step(closure)
-        else:
-            closure()
-            opt.step()
+        step_in_mode(opt, closure, mode)
     assert opt.param_groups[0]["lr"] is lr
     assert opt.inner.param_groups[0]["lr"] is lr
     assert float(lr) != pytest.approx(1e-2)
