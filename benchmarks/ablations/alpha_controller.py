@@ -1,0 +1,844 @@
+r"""Research harness for newt's α controller (issue 9): candidate controllers and their ablations.
+
+The decision record is ``docs/design/alpha.md``; every table in it is printed by
+one ``--experiment`` of this module::
+
+    python -m benchmarks.ablations.alpha_controller --list
+    python -m benchmarks.ablations.alpha_controller --experiment baselines
+    python -m benchmarks.ablations.alpha_controller --experiment bar --controllers asym,rec
+
+The training loop is self-contained (it does not use ``newt.NewtOptimizer``): it
+computes exactly the scalars the core's replaceable controller sees, and a
+controller is a pure function of them over Python floats, with two decision
+points per step ``t`` (one parameter group):
+
+1. ``before_step``, once the fresh batch's gradient at $\theta_t$ is known:
+   $B = \langle \nabla L_{t}(\theta_t), d_{t-1} \rangle$, the fresh slope of the
+   pending displacement $d_{t-1} = \theta_{t-1} - \theta_t$ (``None`` on the first
+   step and after an undone step), whether the gradient is finite, and the
+   schedule factor $s$. Decision: $\alpha_t$ (the inner step uses $\alpha_t s$).
+2. ``after_step``, after the inner step (and, in closure mode, the lookahead
+   evaluation at $\theta_{t+1}$ on the same batch):
+   $A = \langle \nabla L_t(\theta_t), d_t \rangle$ and, in closure mode,
+   $B_s = \langle \nabla L_t(\theta_{t+1}), d_t \rangle$, $L_t(\theta_t)$,
+   $L_t(\theta_{t+1})$. Decision: keep or undo $d_t$, and α after.
+
+Budgets count gradient evaluations: a closure-free step costs one, a closure step
+two. The metric is the full-batch training loss at the end; the reference is the
+best fixed learning rate of the same inner optimizer over a log grid at the same
+number of evaluations (one per step), and the ratio is newt's loss over that.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import math
+import os
+import statistics
+import sys
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import torch
+
+from newt.problems import PROBLEMS, Problem, digits_mlp
+
+State = dict[str, float]
+
+# ---------------------------------------------------------------- observations
+
+
+class Before(NamedTuple):
+    """What ``before_step`` sees at step t (Python floats)."""
+
+    slope: float | None
+    """B = ⟨∇L_t(θ_t), d_{t−1}⟩, the fresh slope of the pending displacement; None if none."""
+    finite: bool
+    """Whether the loss and gradient at θ_t are finite."""
+    schedule: float
+    """The schedule factor s (the inner step uses α·s)."""
+
+
+class After(NamedTuple):
+    """What ``after_step`` sees at step t (Python floats)."""
+
+    slope: float
+    """A = ⟨∇L_t(θ_t), d_t⟩ (the same batch as the step)."""
+    lookahead_slope: float | None
+    """B_s = ⟨∇L_t(θ_{t+1}), d_t⟩ (closure mode only)."""
+    loss: float
+    """L_t(θ_t)."""
+    lookahead_loss: float | None
+    """L_t(θ_{t+1}) (closure mode only)."""
+
+
+# ---------------------------------------------------------------- controllers
+
+
+@dataclass(frozen=True)
+class Controller:
+    """The interface: pure functions ``state -> state`` with two decision points."""
+
+    name: str = "base"
+
+    def init(self, alpha0: float, closure: bool) -> State:
+        raise NotImplementedError
+
+    def before_step(self, state: State, obs: Before) -> tuple[State, float]:
+        raise NotImplementedError
+
+    def after_step(self, state: State, obs: After) -> tuple[State, bool, float]:
+        raise NotImplementedError
+
+
+@dataclass(frozen=True)
+class Fixed(Controller):
+    """A constant α (the baseline; also used for the diagnostics at fixed lr)."""
+
+    name: str = "fixed"
+
+    def init(self, alpha0: float, closure: bool) -> State:
+        return {"alpha": alpha0}
+
+    def before_step(self, state: State, obs: Before) -> tuple[State, float]:
+        return state, state["alpha"]
+
+    def after_step(self, state: State, obs: After) -> tuple[State, bool, float]:
+        return state, True, state["alpha"]
+
+
+def _clamp(x: float, lo: float, hi: float) -> float:
+    return min(max(x, lo), hi)
+
+
+@dataclass(frozen=True)
+class Today(Controller):
+    r"""Today's default rule on ``main`` (for reference), per step, no averaging.
+
+    Closure-free: $C = A_{t-1} - B$; closure: $C = A - B_s$ (same batch). Factor
+    $f = 1 + B/C$ (1.25 if $C \le \varepsilon(|A|+|B|)$), clamped to [0.5, 4],
+    $\alpha \leftarrow \alpha f^{\gamma}$, γ = 0.5; closure mode undoes a step that
+    raised the batch loss and multiplies α by $0.5^\gamma$.
+    """
+
+    name: str = "today"
+    gamma: float = 0.5
+    reject: bool = True
+
+    def init(self, alpha0: float, closure: bool) -> State:
+        return {"alpha": alpha0, "closure": float(closure), "A": math.nan, "C": math.nan,
+                "step": alpha0}
+
+    def before_step(self, state: State, obs: Before) -> tuple[State, float]:
+        s = dict(state)
+        if not obs.finite:
+            s["alpha"] = max(s["alpha"] * 0.1, 1e-8)
+        elif obs.slope is not None:
+            A, B = s["A"], obs.slope
+            C = s["C"] if s["closure"] else A - B
+            f = 1 + B / C if C > 1e-6 * (abs(A) + abs(B)) else 1.25
+            if A == 0 and B == 0:
+                f = 1.0
+            s["alpha"] = _clamp(s["alpha"] * _clamp(f, 0.5, 4.0) ** self.gamma, 1e-8, 10.0)
+        s["step"] = s["alpha"] * obs.schedule
+        return s, s["alpha"]
+
+    def after_step(self, state: State, obs: After) -> tuple[State, bool, float]:
+        s = dict(state)
+        s["A"] = obs.slope
+        accept = True
+        if obs.lookahead_slope is not None:
+            s["C"] = obs.slope - obs.lookahead_slope
+            if self.reject and obs.lookahead_loss > obs.loss:
+                accept = False
+                s["alpha"] = max(s["alpha"] * 0.5**self.gamma, 1e-8)
+        return s, accept, s["alpha"]
+
+
+class _Ema:
+    """Bias-corrected exponential averages kept as plain floats inside a state dict."""
+
+    @staticmethod
+    def update(s: State, key: str, value: float, beta: float) -> None:
+        s[key] = beta * s.get(key, 0.0) + (1 - beta) * value
+
+    @staticmethod
+    def mean(s: State, key: str, beta: float, count: str = "n") -> float:
+        n = s.get(count, 0.0)
+        return s.get(key, 0.0) / (1 - beta**n) if n > 0 else 0.0
+
+
+@dataclass(frozen=True)
+class Asym(Controller):
+    r"""QUALITY.md's throwaway "asymmetric gate + start small" rule.
+
+    With $b = B/\alpha$, $c = C/\alpha^2$ (C = A_{t−1} − B closure-free, A − B_s in
+    closure mode) averaged by bias-corrected EMAs (β) with the standard deviation
+    of the average $sd = \sqrt{\mathrm{var}\,(1-\beta)/(1+\beta)}$: factor
+    $f = 1 + \bar b/(\alpha \bar c)$ (``nonconvex`` if $\bar c \le 0$), clamped to
+    [0.5, 4], a decrease applied only if $\bar b < -k\,sd$ (and at most ``dec_cap``
+    per step), then $\alpha \leftarrow \alpha f^\gamma$. The first α is
+    $\min(\alpha_0, \text{start})$. ``reject``: closure mode undoes a step whose
+    batch loss rose (α × ``backoff``).
+    """
+
+    name: str = "asym"
+    beta: float = 0.9
+    k: float = 3.0
+    dec_cap: float = 0.8
+    gamma: float = 0.5
+    start: float | None = 1e-6
+    fmin: float = 0.5
+    fmax: float = 4.0
+    nonconvex: float = 1.25
+    reject: bool = False
+    backoff: float = 1.0
+    lr_min: float = 1e-10
+    lr_max: float = 10.0
+
+    def init(self, alpha0: float, closure: bool) -> State:
+        a0 = min(alpha0, self.start) if self.start is not None else alpha0
+        return {"alpha": a0, "closure": float(closure), "A": math.nan, "Cs": math.nan,
+                "step": a0, "n": 0.0}
+
+    def _factor(self, s: State) -> float:
+        beta = self.beta
+        b = _Ema.mean(s, "b", beta)
+        c = _Ema.mean(s, "c", beta)
+        b2 = _Ema.mean(s, "b2", beta)
+        sd = math.sqrt(max(b2 - b * b, 0.0) * (1 - beta) / (1 + beta))
+        step = s["step"]
+        f = 1 + b / (step * c) if c > 0 else self.nonconvex
+        f = _clamp(f, self.fmin, self.fmax)
+        if f < 1:
+            if b >= -self.k * sd:
+                f = 1.0
+            else:
+                f = max(f, self.dec_cap ** (1 / self.gamma))
+        return f
+
+    def before_step(self, state: State, obs: Before) -> tuple[State, float]:
+        s = dict(state)
+        if not obs.finite:
+            s["alpha"] = max(s["alpha"] * 0.1, self.lr_min)
+        elif obs.slope is not None:
+            step = s["step"]
+            B = obs.slope
+            C = s["Cs"] if s["closure"] else s["A"] - B
+            b, c = B / step, C / step**2
+            if math.isfinite(b) and math.isfinite(c):
+                _Ema.update(s, "b", b, self.beta)
+                _Ema.update(s, "c", c, self.beta)
+                _Ema.update(s, "b2", b * b, self.beta)
+                s["n"] += 1
+                f = self._factor(s)
+                s["alpha"] = _clamp(s["alpha"] * f**self.gamma, self.lr_min, self.lr_max)
+        s["step"] = s["alpha"] * obs.schedule
+        return s, s["alpha"]
+
+    def after_step(self, state: State, obs: After) -> tuple[State, bool, float]:
+        s = dict(state)
+        s["A"] = obs.slope
+        accept = True
+        if obs.lookahead_slope is not None:
+            s["Cs"] = obs.slope - obs.lookahead_slope
+            if self.reject and obs.lookahead_loss > obs.loss:
+                accept = False
+                s["alpha"] = max(s["alpha"] * self.backoff, self.lr_min)
+        return s, accept, s["alpha"]
+
+
+@dataclass(frozen=True)
+class Window(Controller):
+    r"""Averaged line-minimum target with a momentum correction and an asymmetric trust region.
+
+    Scale-free per-step values, with $lpha$ the step that made $d_t$:
+    $a = A/lpha$ and $c = (A - B_x)/lpha^2$, where $B_x$ is the same-batch
+    lookahead slope $B_s$ in closure mode (``curvature="same"``) and the fresh slope
+    $B$ of the next batch closure-free. Bias-corrected EMAs (β) give $ar a, ar c$
+    and the target
+
+    $$lpha^\star = \kappa\, m\, ar a / ar c,$$
+
+    the line minimum along $d$ of the averaged quadratic model, times $m = 1 - eta_1$
+    in closure mode (``momentum`` = the inner optimizer's $eta_1$: a displacement
+    keeps moving the parameters for $pprox 1/(1-eta_1)$ steps) or ``m_free``
+    closure-free, times κ. Then $\loglpha$ moves by γ·log(α*/α), clipped to
+    [log ``dec``, log ``inc``]; $ar c \le 0$ grows α by ``inc``. First α =
+    min(α₀, ``start``). ``reject`` (closure): undo a step whose batch loss rose by more
+    than ``armijo``·A/2 below… (see ``after_step``) and multiply α by ``backoff``.
+    """
+
+    name: str = "win"
+    beta: float = 0.9
+    kappa: float = 1.0
+    momentum: float = 0.0
+    m_free: float = 1.0
+    gamma: float = 1.0
+    inc: float = 2.0
+    dec: float = 0.8
+    start: float | None = 1e-6
+    reject: bool = False
+    backoff: float = 0.7
+    correct: bool = True
+    cpow: float = 1.0  # the momentum correction (1 − β₁)^cpow
+    lr_min: float = 1e-10
+    lr_max: float = 100.0
+
+    def init(self, alpha0: float, closure: bool) -> State:
+        a0 = min(alpha0, self.start) if self.start is not None else alpha0
+        return {"alpha": a0, "closure": float(closure), "A": math.nan, "step": a0, "n": 0.0}
+
+    def _move(self, s: State, A: float, Bx: float) -> None:
+        step = s["step"]
+        a, c = A / step, (A - Bx) / step**2
+        if not (math.isfinite(a) and math.isfinite(c)) or (A == 0 and Bx == 0):
+            return
+        _Ema.update(s, "a", a, self.beta)
+        _Ema.update(s, "c", c, self.beta)
+        s["n"] += 1
+        abar, cbar = _Ema.mean(s, "a", self.beta), _Ema.mean(s, "c", self.beta)
+        if cbar <= 0 or abar <= 0:
+            f = self.inc if cbar <= 0 < abar else self.dec
+        else:
+            m = ((1 - self.momentum * self.correct) ** self.cpow if s["closure"]
+                 else self.m_free)
+            target = self.kappa * m * abar / cbar
+            f = math.exp(_clamp(self.gamma * math.log(target / s["alpha"]),
+                                math.log(self.dec), math.log(self.inc)))
+        s["alpha"] = _clamp(s["alpha"] * f, self.lr_min, self.lr_max)
+
+    def before_step(self, state: State, obs: Before) -> tuple[State, float]:
+        s = dict(state)
+        if not obs.finite:
+            s["alpha"] = max(s["alpha"] * 0.1, self.lr_min)
+        elif obs.slope is not None and not s["closure"]:
+            self._move(s, s["A"], obs.slope)
+        s["step"] = s["alpha"] * obs.schedule
+        return s, s["alpha"]
+
+    def after_step(self, state: State, obs: After) -> tuple[State, bool, float]:
+        s = dict(state)
+        s["A"] = obs.slope
+        accept = True
+        if obs.lookahead_slope is not None:
+            if self.reject and obs.lookahead_loss > obs.loss:
+                accept = False
+                s["alpha"] = max(s["alpha"] * self.backoff, self.lr_min)
+            else:
+                self._move(s, obs.slope, obs.lookahead_slope)
+        return s, accept, s["alpha"]
+
+
+@dataclass(frozen=True)
+class Gate(Controller):
+    r"""Fast start, then a significance-gated Newton factor on a shifted slope (the candidate).
+
+    Phase 1 (from α = min(α₀, ``start``)): α × ``g1`` per step while the per-step
+    slope ratio ρ = B_x/A stays above ``rho_stop`` (B_x = B_s in closure mode, the
+    fresh B closure-free; on a quadratic ρ = 1 − α/α_line, so ρ > ½ means α < α_line/2).
+
+    Phase 2: bias-corrected EMAs (β) of $b = B/lpha$ (fresh slope), $b^2$,
+    $a = A/lpha$ and $c = (A - B_c)/lpha^2$ ($B_c = B_s$ in closure mode,
+    the fresh B closure-free); the shifted slope $	ilde b = ar b + 	au ar a$ with
+    $	au = 	au_0 (1-eta_1)^p$ (aim past the expected-loss minimum, where the
+    fresh slope is ρ* = −τ of A); factor $f = 1 + 	ilde b/(lpha ar c)$
+    (``inc`` if $ar c \le 0$) clamped to [0.5, ``inc``], a decrease only if
+    $	ilde b < -k\,sd$ ($sd^2 = \mathrm{var}(b)(1-eta)/(1+eta)$), at most
+    ``dec`` per step; α ← α f^γ. ``reject`` (closure): undo a step whose batch loss
+    rose and multiply α by ``backoff``.
+    """
+
+    name: str = "gate"
+    start: float | None = 1e-6
+    g1: float = 2.0
+    rho_stop: float = 0.5
+    beta: float = 0.9
+    tau0: float = 0.0
+    power: float = 0.0
+    momentum: float = 0.0
+    k: float = 3.0
+    dec: float = 0.8
+    inc: float = 4.0
+    gamma: float = 0.5
+    kg: float = -math.inf  # grow only when the shifted slope is kg s.d. above 0
+    curvature: str = "auto"  # "auto": same-batch in closure mode; "fresh": always A − B
+    reject: bool = False
+    backoff: float = 0.7
+    lr_min: float = 1e-10
+    lr_max: float = 100.0
+
+    def init(self, alpha0: float, closure: bool) -> State:
+        a0 = min(alpha0, self.start) if self.start is not None else alpha0
+        return {"alpha": a0, "closure": float(closure), "A": math.nan, "Cs": math.nan,
+                "rs": math.nan, "step": a0, "n": 0.0, "phase": 1.0}
+
+    def before_step(self, state: State, obs: Before) -> tuple[State, float]:
+        s = dict(state)
+        if not obs.finite:
+            s["alpha"] = max(s["alpha"] * 0.1, self.lr_min)
+            s["phase"] = 2.0
+        elif obs.slope is not None and math.isfinite(s["A"]) and s["A"] != 0:
+            step, A, B = s["step"], s["A"], obs.slope
+            same = s["closure"] and self.curvature == "auto"
+            rho = s["rs"] if same else B / A
+            if s["phase"] == 1.0 and rho > self.rho_stop:
+                s["alpha"] = min(s["alpha"] * self.g1, self.lr_max)
+            else:
+                s["phase"] = 2.0
+                C = s["Cs"] if same else A - B
+                b, a, c = B / step, A / step, C / step**2
+                for key, v in (("b", b), ("b2", b * b), ("a", a), ("c", c)):
+                    _Ema.update(s, key, v, self.beta)
+                s["n"] += 1
+                bb, aa = _Ema.mean(s, "b", self.beta), _Ema.mean(s, "a", self.beta)
+                cc, b2 = _Ema.mean(s, "c", self.beta), _Ema.mean(s, "b2", self.beta)
+                sd = math.sqrt(max(b2 - bb * bb, 0.0) * (1 - self.beta) / (1 + self.beta))
+                tau = self.tau0 * (1 - self.momentum) ** self.power
+                shifted = bb + tau * aa
+                f = 1 + shifted / (step * cc) if cc > 0 else self.inc
+                f = _clamp(f, 0.5, self.inc)
+                if f < 1:
+                    f = 1.0 if shifted >= -self.k * sd else max(f, self.dec ** (1 / self.gamma))
+                elif shifted <= self.kg * sd:
+                    f = 1.0
+                s["alpha"] = _clamp(s["alpha"] * f**self.gamma, self.lr_min, self.lr_max)
+        s["step"] = s["alpha"] * obs.schedule
+        return s, s["alpha"]
+
+    def after_step(self, state: State, obs: After) -> tuple[State, bool, float]:
+        s = dict(state)
+        s["A"] = obs.slope
+        accept = True
+        if obs.lookahead_slope is not None:
+            s["Cs"] = obs.slope - obs.lookahead_slope
+            s["rs"] = obs.lookahead_slope / obs.slope if obs.slope else math.nan
+            if self.reject and obs.lookahead_loss > obs.loss:
+                accept = False
+                s["alpha"] = max(s["alpha"] * self.backoff, self.lr_min)
+        return s, accept, s["alpha"]
+
+
+CONTROLLERS: dict[str, Controller] = {
+    "today": Today(),
+    "asym": Asym(),
+    "asym_k2": Asym(name="asym_k2", k=2.0, dec_cap=0.0),
+    "win": Window(),
+    "win_k2": Window(name="win_k2", kappa=2.0),
+    "win_rej": Window(name="win_rej", reject=True),
+    "win_m0": Window(name="win_m0", correct=False),
+    "win_m0_rej": Window(name="win_m0_rej", correct=False, reject=True),
+    "win_p5_rej": Window(name="win_p5_rej", cpow=0.5, reject=True),
+    "win_p5": Window(name="win_p5", cpow=0.5),
+    "gate": Gate(),
+    "gate_t1m_g2": Gate(name="gate_t1m_g2", tau0=0.1, power=1.0, kg=2.0),
+    "gate_t2m_g2": Gate(name="gate_t2m_g2", tau0=0.2, power=1.0, kg=2.0),
+    "gate_t1_g2": Gate(name="gate_t1_g2", tau0=0.1, kg=2.0),
+    "gate_t1": Gate(name="gate_t1", tau0=0.1),
+    "gate_t2": Gate(name="gate_t2", tau0=0.2),
+    "gate_t2m": Gate(name="gate_t2m", tau0=0.2, power=1.0),
+    "gate_g1": Gate(name="gate_g1", kg=1.0),
+    "gate_g2": Gate(name="gate_g2", kg=2.0),
+    "gate_b97": Gate(name="gate_b97", beta=0.97),
+    "gate_b97_g1": Gate(name="gate_b97_g1", beta=0.97, kg=1.0),
+    "gate_t1_g1": Gate(name="gate_t1_g1", tau0=0.1, kg=1.0),
+    "gate_t1m_g1": Gate(name="gate_t1m_g1", tau0=0.1, power=1.0, kg=1.0),
+    "gate_rej": Gate(name="gate_rej", reject=True),
+}
+
+MOMENTUM = {"Adam": 0.9, "SGD": 0.0}  # β₁ of the inner optimizer, as the core would read it
+
+
+def for_inner(controller: Controller, inner: str) -> Controller:
+    """The controller with the inner optimizer's momentum filled in (where it has the field)."""
+    if hasattr(controller, "momentum"):
+        return replace(controller, momentum=MOMENTUM[inner])
+    return controller
+
+# ---------------------------------------------------------------- the training loop
+
+INNER: dict[str, Callable[..., torch.optim.Optimizer]] = {
+    "Adam": torch.optim.Adam,
+    "SGD": torch.optim.SGD,
+}
+
+
+@functools.cache
+def problem(name: str) -> Problem:
+    """``bar``: the digits MLP bar (64-64-10 tanh, all 1797 samples, batch 64); else newt's."""
+    if name == "bar":
+        return digits_mlp((64,), "tanh", test_size=None, batch_size=64, name="bar")
+    return PROBLEMS[name]()
+
+
+class RunOut(NamedTuple):
+    loss: float
+    alphas: list[float]
+    rejects: int
+    stats: dict[str, float]
+
+
+def _dot(xs: Sequence[torch.Tensor], ys: Sequence[torch.Tensor]) -> float:
+    return float(sum(torch.dot(x.reshape(-1), y.reshape(-1)) for x, y in zip(xs, ys, strict=True)))
+
+
+def _evaluate(model: torch.nn.Module, prob: Problem, batch: Any) -> float:
+    for p in model.parameters():
+        p.grad = None
+    with torch.enable_grad():
+        loss = prob.loss(model, batch)
+        loss.backward()
+    return float(loss.detach())
+
+
+def train(prob_name: str, inner: str, controller: Controller, alpha0: float, *, closure: bool,
+          evals: int, seed: int = 0, schedule: Callable[[float], float] | None = None,
+          diagnose: bool = False, checkpoints: int = 0) -> RunOut:
+    """One run; returns the final full-batch training loss and the α trace.
+
+    ``diagnose`` (closure-free fixed-lr runs only) also evaluates the same batch at
+    θ_{t+1} (not counted, the trajectory is unchanged) to record the ratios
+    Σ B_fresh / Σ A and Σ B_s / Σ A over the second half of the run.
+    """
+    prob = problem(prob_name)
+    model = prob.init(seed)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = INNER[inner](params, lr=alpha0)
+    batches = prob.batches(seed)
+    snaps = [p.detach().clone() for p in params]
+    state = controller.init(alpha0, closure)
+    steps = evals // 2 if closure else evals
+    pending = False
+    alphas: list[float] = []
+    rejects = 0
+    sums = {"A": 0.0, "Bf": 0.0, "Bs": 0.0, "n": 0}
+    last_A = math.nan
+    curve: list[tuple[int, float, float]] = []
+    for t in range(steps):
+        if checkpoints and t % max(steps // checkpoints, 1) == 0:
+            curve.append((t, state.get("alpha", math.nan), prob.train_loss(model)))
+        batch = next(batches)
+        loss = _evaluate(model, prob, batch)
+        grads = [p.grad for p in params]
+        finite = math.isfinite(loss) and all(bool(torch.isfinite(g).all()) for g in grads)
+        with torch.no_grad():
+            slope = None
+            if pending and finite:
+                slope = _dot(grads, [s - p for s, p in zip(snaps, params, strict=True)])
+                if diagnose and t >= steps // 2:
+                    sums["Bf"] += slope
+                    sums["A"] += last_A
+                    sums["n"] += 1
+            s = schedule(t / steps) if schedule else 1.0
+            state, alpha = controller.before_step(state, Before(slope, finite, s))
+            alphas.append(alpha)
+            if not finite:
+                if pending:
+                    for p, sn in zip(params, snaps, strict=True):
+                        p.copy_(sn)
+                pending = False
+                continue
+            for p, sn in zip(params, snaps, strict=True):
+                sn.copy_(p)
+            for group in opt.param_groups:
+                group["lr"] = alpha * s
+            opt.step()
+            disp = [sn - p for sn, p in zip(snaps, params, strict=True)]
+            A = _dot(grads, disp)
+        lookahead_slope = lookahead_loss = None
+        if closure or (diagnose and t >= steps // 2):
+            lookahead_loss = _evaluate(model, prob, batch)
+            with torch.no_grad():
+                lookahead_slope = _dot([p.grad for p in params], disp)
+            if not closure:
+                sums["Bs"] += lookahead_slope
+                lookahead_loss = lookahead_slope = None
+        last_A = A
+        state, accept, _ = controller.after_step(
+            state, After(A, lookahead_slope, loss, lookahead_loss))
+        if not math.isfinite(A) or (lookahead_loss is not None
+                                    and not math.isfinite(lookahead_loss)):
+            accept = False
+        if not accept:
+            rejects += 1
+            with torch.no_grad():
+                for p, sn in zip(params, snaps, strict=True):
+                    p.copy_(sn)
+        pending = accept
+    final = prob.train_loss(model)
+    if not math.isfinite(final):
+        final = math.inf
+    stats: dict[str, Any] = {"curve": curve} if checkpoints else {}
+    if diagnose and sums["n"]:
+        stats.update({"Bf/A": sums["Bf"] / sums["A"], "Bs/A": sums["Bs"] / sums["A"]})
+    return RunOut(final, alphas, rejects, stats)
+
+
+# ---------------------------------------------------------------- baselines (cached)
+
+LR_GRID = {
+    "Adam": tuple(10 ** (k / 4) for k in range(-16, 2)),  # 1e-4 … 1.78
+    "SGD": tuple(10 ** (k / 4) for k in range(-12, 6)),  # 1e-3 … 17.8
+}
+ALPHA0S = (1e-6, 1e-4, 1e-2, 1.0)
+CACHE = Path(__file__).resolve().parent.parent / "results" / "alpha_controller_cache.json"
+
+
+def _load_cache() -> dict[str, Any]:
+    if CACHE.exists():
+        return json.loads(CACHE.read_text())
+    return {}
+
+
+def baseline(prob_name: str, inner: str, evals: int, seed: int,
+             verbose: bool = False) -> dict[str, Any]:
+    """The fixed-lr sweep (cached in ``benchmarks/results/``): losses per lr, best lr and loss."""
+    key = f"{prob_name}|{inner}|{evals}|{seed}"
+    cache = _load_cache()
+    if key not in cache:
+        losses, stats = {}, {}
+        for lr in LR_GRID[inner]:
+            out = train(prob_name, inner, Fixed(), lr, closure=False, evals=evals, seed=seed,
+                        diagnose=True)
+            losses[f"{lr:.4g}"] = out.loss
+            stats[f"{lr:.4g}"] = out.stats
+            if verbose:
+                print(f"  {key} lr={lr:.4g} loss={out.loss:.4g} {out.stats}", file=sys.stderr)
+        best = min(losses, key=lambda k: losses[k])
+        decade = min((k for k in losses if float(k) == 10 ** round(math.log10(float(k)))),
+                     key=lambda k: losses[k])
+        cache = _load_cache()
+        cache[key] = {"losses": losses, "stats": stats, "best_lr": float(best),
+                      "best_loss": losses[best], "decade_lr": float(decade),
+                      "decade_loss": losses[decade]}
+        CACHE.parent.mkdir(parents=True, exist_ok=True)
+        CACHE.write_text(json.dumps(cache, indent=1))
+    return cache[key]
+
+
+# ---------------------------------------------------------------- evaluation
+
+
+@dataclass
+class Cell:
+    """The ratios of one controller on one problem, inner optimizer and mode over α₀."""
+
+    ratios: list[float] = field(default_factory=list)
+    fine: list[float] = field(default_factory=list)
+    final_alpha: list[float] = field(default_factory=list)
+    rejects: list[int] = field(default_factory=list)
+
+    @property
+    def worst(self) -> float:
+        return max(self.ratios)
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.ratios)
+
+
+def evaluate(controller: Controller, prob_name: str, inner: str, closure: bool, evals: int,
+             seeds: Iterable[int] = (0,), alpha0s: Sequence[float] = ALPHA0S) -> Cell:
+    cell = Cell()
+    controller = for_inner(controller, inner)
+    for seed in seeds:
+        ref = baseline(prob_name, inner, evals, seed)
+        done: dict[float, RunOut] = {}
+        for a0 in alpha0s:
+            first = controller.init(a0, closure)["alpha"]  # start-small rules share runs
+            if first not in done:
+                done[first] = train(prob_name, inner, controller, a0, closure=closure,
+                                    evals=evals, seed=seed)
+            out = done[first]
+            cell.ratios.append(out.loss / ref["decade_loss"])
+            cell.fine.append(out.loss / ref["best_loss"])
+            cell.final_alpha.append(out.alphas[-1])
+            cell.rejects.append(out.rejects)
+    return cell
+
+
+def _fmt(x: float) -> str:
+    if not math.isfinite(x):
+        return "div"
+    return f"{x:.3g}" if x < 1e4 else f"{x:.1e}"
+
+
+def table(controllers: Sequence[Controller], prob_name: str, evals: int,
+          seeds: Sequence[int] = (0,), inners: Sequence[str] = ("Adam", "SGD"),
+          modes: Sequence[bool] = (False, True)) -> str:
+    """A Markdown table: worst / median ratio over α₀ (and seeds), final α range, per cell."""
+    heads = [f"{i} {'closure' if m else 'free'}" for i in inners for m in modes]
+    lines = [f"problem `{prob_name}`, {evals} evaluations, seeds {list(seeds)}, "
+             f"α₀ ∈ {list(ALPHA0S)}; cell = worst / median ratio to the best lr of the "
+             "decade grid (the protocol's) (worst / median to the best of the "
+             "quarter-decade grid) [final α min–max]",
+             "", "| controller | " + " | ".join(heads) + " |",
+             "|---|" + "---|" * len(heads)]
+    for c in controllers:
+        row = []
+        for inner in inners:
+            for mode in modes:
+                t0 = time.time()
+                cell = evaluate(c, prob_name, inner, mode, evals, seeds)
+                row.append(f"{_fmt(cell.worst)} / {_fmt(cell.median)} "
+                           f"({_fmt(max(cell.fine))} / {_fmt(statistics.median(cell.fine))}) "
+                           f"[{min(cell.final_alpha):.2g}–{max(cell.final_alpha):.2g}]")
+                print(f"  {c.name} {prob_name} {inner} {'closure' if mode else 'free'}: "
+                      f"{row[-1]} rejects={cell.rejects} ({time.time() - t0:.0f}s)",
+                      file=sys.stderr)
+        lines.append(f"| {c.name} | " + " | ".join(row) + " |")
+    return "\n".join(lines)
+
+
+def trace_table(controller: Controller, prob_name: str, inner: str, closure: bool, evals: int,
+                alpha0: float, seeds: Sequence[int]) -> str:
+    """α and the full-batch training loss at 12 checkpoints, per seed."""
+    controller = for_inner(controller, inner)
+    lines = [f"`{controller.name}` on `{prob_name}`, {inner} "
+             f"{'closure' if closure else 'free'}, α₀ = {alpha0}, {evals} evaluations", ""]
+    for seed in seeds:
+        out = train(prob_name, inner, controller, alpha0, closure=closure, evals=evals,
+                    seed=seed, checkpoints=12)
+        ref = baseline(prob_name, inner, evals, seed)
+        ratio = _fmt(out.loss / ref["decade_loss"])
+        fine = _fmt(out.loss / ref["best_loss"])
+        lines.append(f"seed {seed}: final {out.loss:.3g} (ratio {ratio}, fine {fine}), "
+                     f"rejects {out.rejects}; "
+                     + ", ".join(f"t{t}: α {a:.2g} L {v:.2g}" for t, a, v in out.stats["curve"]))
+    return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class FixedReject(Fixed):
+    """A constant α whose closure-mode steps are undone when the batch loss rose."""
+
+    name: str = "fixed+reject"
+
+    def after_step(self, state: State, obs: After) -> tuple[State, bool, float]:
+        keep = obs.lookahead_loss is None or obs.lookahead_loss <= obs.loss
+        return state, keep, state["alpha"]
+
+
+def feasibility_table(prob_name: str, evals: int, seeds: Sequence[int]) -> str:
+    """The best constant α in closure mode (half the steps), with and without reject."""
+    lines = [f"`{prob_name}`, closure mode at {evals} evaluations ({evals // 2} steps); "
+             "ratio = loss / the closure-free fixed-lr reference (decade grid; quarter-decade)",
+             "", "| inner | seed | α | closure, fixed α | closure, fixed α + reject |",
+             "|---|---|---|---|---|"]
+    grids = {"Adam": (0.01, 0.0178, 0.0316, 0.0562, 0.1), "SGD": (0.316, 0.562, 1.0, 1.78)}
+    for inner, grid in grids.items():
+        for seed in seeds:
+            ref = baseline(prob_name, inner, evals, seed)
+            for lr in grid:
+                a = train(prob_name, inner, Fixed(), lr, closure=True, evals=evals, seed=seed)
+                b = train(prob_name, inner, FixedReject(), lr, closure=True, evals=evals,
+                          seed=seed)
+                lines.append(
+                    f"| {inner} | {seed} | {lr:.3g} | {_fmt(a.loss / ref['decade_loss'])}; "
+                    f"{_fmt(a.loss / ref['best_loss'])} | {_fmt(b.loss / ref['decade_loss'])}; "
+                    f"{_fmt(b.loss / ref['best_loss'])} ({b.rejects} undone) |")
+    return "\n".join(lines)
+
+
+def baselines_table(prob_names: Sequence[str], evals: int, seeds: Sequence[int]) -> str:
+    lines = ["| problem | inner | evals | seed | best lr | best loss | "
+             "Bf/A at best | Bs/A at best | loss at lr/2, 2·lr |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for name in prob_names:
+        for inner in ("Adam", "SGD"):
+            for seed in seeds:
+                b = baseline(name, inner, evals, seed, verbose=True)
+                lrs = sorted(b["losses"], key=float)
+                i = lrs.index(next(k for k in lrs if float(k) == b["best_lr"]))
+                st = b["stats"][lrs[i]]
+                near = [b["losses"][lrs[j]] for j in (i - 1, i + 1) if 0 <= j < len(lrs)]
+                lines.append(
+                    f"| {name} | {inner} | {evals} | {seed} | {b['best_lr']:.3g} | "
+                    f"{b['best_loss']:.4g} | {st.get('Bf/A', math.nan):.3f} | "
+                    f"{st.get('Bs/A', math.nan):.3f} | "
+                    + ", ".join(_fmt(x) for x in near) + " |")
+    return "\n".join(lines)
+
+
+def sweep_table(prob_name: str, inner: str, evals: int, seed: int) -> str:
+    b = baseline(prob_name, inner, evals, seed, verbose=True)
+    lines = [f"`{prob_name}` {inner}, {evals} evaluations, seed {seed}", "",
+             "| lr | loss | ratio | Σ B_fresh / Σ A | Σ B_same / Σ A |", "|---|---|---|---|---|"]
+    for lr in sorted(b["losses"], key=float):
+        st = b["stats"].get(lr, {})
+        lines.append(f"| {float(lr):.3g} | {_fmt(b['losses'][lr])} | "
+                     f"{_fmt(b['losses'][lr] / b['best_loss'])} | "
+                     f"{st.get('Bf/A', math.nan):.3f} | {st.get('Bs/A', math.nan):.3f} |")
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------- command line
+
+EXPERIMENTS: dict[str, str] = {
+    "baselines": "fixed-lr sweeps with the slope ratios at each lr (bar, 1200 evaluations)",
+    "sweep": "one fixed-lr sweep in full: --problem, --inner, --evals",
+    "bar": "controllers on the bar, 1200 evaluations (--controllers)",
+    "untuned": "controllers on the untuned problems (--problems), 1200 evaluations",
+    "long": "controllers on the bar at 3600 evaluations",
+    "feasibility": "best constant α in closure mode (half the steps) against the references",
+    "trace": "α and loss along runs of --controllers on --problem/--inner/--modes, α₀ 1e-2",
+}
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.ablations.alpha_controller",
+        description="Ablations of the α controller (docs/design/alpha.md).")
+    parser.add_argument("--experiment", choices=sorted(EXPERIMENTS), default=None)
+    parser.add_argument("--list", action="store_true", help="list experiments and controllers")
+    parser.add_argument("--controllers", default="today,asym",
+                        help="comma-separated controller names (see --list)")
+    parser.add_argument("--problems", default="digits_logreg,digits_cnn,quadratic_deep")
+    parser.add_argument("--problem", default="bar")
+    parser.add_argument("--inner", default="Adam", choices=sorted(INNER))
+    parser.add_argument("--inners", default="Adam,SGD")
+    parser.add_argument("--modes", default="free,closure")
+    parser.add_argument("--evals", type=int, default=None)
+    parser.add_argument("--seeds", type=int, default=1, help="seeds 0 … n−1")
+    args = parser.parse_args(argv)
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    torch.set_num_threads(1)
+    if args.list or args.experiment is None:
+        for name, text in EXPERIMENTS.items():
+            print(f"{name:10s} {text}")
+        print("controllers:", ", ".join(CONTROLLERS))
+        return
+    seeds = tuple(range(args.seeds))
+    inners = tuple(args.inners.split(","))
+    modes = tuple(m == "closure" for m in args.modes.split(","))
+    controllers = [CONTROLLERS[n] for n in args.controllers.split(",")]
+    t0 = time.time()
+    if args.experiment == "baselines":
+        print(baselines_table(["bar"], args.evals or 1200, seeds))
+    elif args.experiment == "sweep":
+        print(sweep_table(args.problem, args.inner, args.evals or 1200, 0))
+    elif args.experiment == "bar":
+        print(table(controllers, "bar", args.evals or 1200, seeds, inners, modes))
+    elif args.experiment == "long":
+        print(table(controllers, "bar", args.evals or 3600, seeds, inners, modes))
+    elif args.experiment == "feasibility":
+        print(feasibility_table(args.problem, args.evals or 1200, seeds))
+    elif args.experiment == "trace":
+        for c in controllers:
+            for mode in modes:
+                print(trace_table(c, args.problem, args.inner, mode, args.evals or 1200, 1e-2,
+                                  seeds))
+    elif args.experiment == "untuned":
+        for name in args.problems.split(","):
+            print(table(controllers, name, args.evals or 1200, seeds, inners, modes))
+            print()
+    print(f"\n({time.time() - t0:.0f} s)")
+
+
+if __name__ == "__main__":
+    main()
