@@ -366,6 +366,8 @@ class Gate(Controller):
     dec: float = 0.8
     inc: float = 4.0
     gamma: float = 0.5
+    streak: float = math.inf  # closure: the streak-th consecutive undo scales α by streak_factor
+    streak_factor: float = 0.5
     ratchet: float = 0.0  # > 0: after a gated decrease at α, growth stops at ratchet·α
     floor: float = 0.0  # > 0: α never falls below floor × the largest α of phase 2
     relax: float = 1.0  # the ceiling grows by this factor per phase-2 step
@@ -460,23 +462,32 @@ class Gate(Controller):
             s["rs"] = obs.lookahead_slope / obs.slope if obs.slope else math.nan
             if self.reject and obs.lookahead_loss > obs.loss:
                 accept = False
-                s["alpha"] = max(s["alpha"] * self.backoff, self.lr_min)
+                s["streak"] = s.get("streak", 0.0) + 1
+                shrink = self.backoff if s["streak"] < self.streak else self.streak_factor
+                s["alpha"] = max(s["alpha"] * shrink, self.lr_min)
+            else:
+                s["streak"] = 0.0
         return s, accept, s["alpha"]
 
 
-REC = Gate(name="rec", tau0=0.2, power=1.0, kg=2.0, curvature="fresh", reject=True,
-           backoff=1.0)
-"""The recommended controller (docs/design/alpha.md): ``gate_t2m_g2_fresh_rej``."""
+REC_V1 = Gate(name="rec_v1", tau0=0.2, power=1.0, kg=2.0, curvature="fresh", reject=True,
+              backoff=1.0)
+"""The first candidate (``gate_t2m_g2_fresh_rej``): diverges SGD at 3600 evaluations (H5)."""
+REC = replace(REC_V1, name="rec", ratchet=0.9, floor=0.3)
+"""The recommended controller (docs/design/alpha.md, section 5)."""
 
 CONTROLLERS: dict[str, Controller] = {
     "rec": REC,
-    "rec_r8": replace(REC, name="rec_r8", ratchet=0.8),
-    "rec_r8_x": replace(REC, name="rec_r8_x", ratchet=0.8, relax=1.002),
-    "rec_t1": replace(REC, name="rec_t1", tau0=0.1),
-    "rec_r8_f1": replace(REC, name="rec_r8_f1", ratchet=0.8, floor=0.1),
-    "rec_r8_f3": replace(REC, name="rec_r8_f3", ratchet=0.8, floor=0.3),
-    "rec_r9_f1": replace(REC, name="rec_r9_f1", ratchet=0.9, floor=0.1),
-    "rec_r9_f3": replace(REC, name="rec_r9_f3", ratchet=0.9, floor=0.3),
+    "rec_v1": REC_V1,
+    "rec_s2": replace(REC, name="rec_s2", streak=2),
+    "rec_s3": replace(REC, name="rec_s3", streak=3),
+    "rec_s2_b10": replace(REC, name="rec_s2_b10", streak=2, brake=10.0),
+    "rec_r8": replace(REC_V1, name="rec_r8", ratchet=0.8),
+    "rec_r8_x": replace(REC_V1, name="rec_r8_x", ratchet=0.8, relax=1.002),
+    "rec_t1": replace(REC_V1, name="rec_t1", tau0=0.1),
+    "rec_r8_f1": replace(REC_V1, name="rec_r8_f1", ratchet=0.8, floor=0.1),
+    "rec_r8_f3": replace(REC_V1, name="rec_r8_f3", ratchet=0.8, floor=0.3),
+    "rec_r9_f1": replace(REC_V1, name="rec_r9_f1", ratchet=0.9, floor=0.1),
     "today": Today(),
     "asym": Asym(),
     "asym_k2": Asym(name="asym_k2", k=2.0, dec_cap=0.0),
@@ -517,7 +528,8 @@ CONTROLLERS: dict[str, Controller] = {
     "gate_rej": Gate(name="gate_rej", reject=True),
 }
 
-MOMENTUM = {"Adam": 0.9, "SGD": 0.0}  # β₁ of the inner optimizer, as the core would read it
+# β₁ of the inner optimizer, as the core would read it from the param group
+MOMENTUM = {"Adam": 0.9, "SGD": 0.0, "SGDm": 0.9}
 
 
 def for_inner(controller: Controller, inner: str) -> Controller:
@@ -531,6 +543,7 @@ def for_inner(controller: Controller, inner: str) -> Controller:
 INNER: dict[str, Callable[..., torch.optim.Optimizer]] = {
     "Adam": torch.optim.Adam,
     "SGD": torch.optim.SGD,
+    "SGDm": functools.partial(torch.optim.SGD, momentum=0.9),  # untuned: β₁ = 0.9 without Adam
 }
 
 
@@ -650,6 +663,7 @@ def train(prob_name: str, inner: str, controller: Controller, alpha0: float, *, 
 LR_GRID = {
     "Adam": tuple(10 ** (k / 4) for k in range(-16, 5)),  # 1e-4 … 10
     "SGD": tuple(10 ** (k / 4) for k in range(-12, 9)),  # 1e-3 … 100
+    "SGDm": tuple(10 ** (k / 4) for k in range(-16, 5)),  # 1e-4 … 10
 }
 DECADE = tuple(10.0**k for k in range(-6, 1))  # the protocol's grid (benchmarks.run.GRID)
 ALPHA0S = (1e-6, 1e-4, 1e-2, 1.0)
@@ -817,7 +831,7 @@ def baselines_table(prob_names: Sequence[str], evals: int, seeds: Sequence[int])
              "Bf/A at best | Bs/A at best | loss at lr/2, 2·lr |",
              "|---|---|---|---|---|---|---|---|---|"]
     for name in prob_names:
-        for inner in ("Adam", "SGD"):
+        for inner in ("Adam", "SGD", "SGDm"):
             for seed in seeds:
                 b = baseline(name, inner, evals, seed, verbose=True)
                 lrs = sorted(b["losses"], key=float)
