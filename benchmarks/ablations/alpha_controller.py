@@ -368,6 +368,8 @@ class Gate(Controller):
     gamma: float = 0.5
     streak: float = math.inf  # closure: the streak-th consecutive undo scales α by streak_factor
     streak_factor: float = 0.5
+    creep: float = 0.0  # > 0: after creep_after phase-2 steps, growth ≤ ×creep per step
+    creep_after: float = 50.0
     ratchet: float = 0.0  # > 0: after a gated decrease at α, growth stops at ratchet·α
     floor: float = 0.0  # > 0: α never falls below floor × the largest α of phase 2
     relax: float = 1.0  # the ceiling grows by this factor per phase-2 step
@@ -445,6 +447,8 @@ class Gate(Controller):
                     s["ceiling"] = ceiling
                     if f > 1:
                         new = min(new, max(ceiling, s["alpha"]))
+                if self.creep > 0 and s["n"] > self.creep_after:
+                    new = min(new, s["alpha"] * self.creep)  # slow growth once the scale is known
                 if self.floor > 0:
                     # the brake may undo at most a factor 1/floor of the largest α reached
                     s["peak"] = max(s.get("peak", 0.0), s["alpha"])
@@ -479,6 +483,8 @@ REC = replace(REC_V1, name="rec", ratchet=0.9, floor=0.3)
 CONTROLLERS: dict[str, Controller] = {
     "rec": REC,
     "rec_v1": REC_V1,
+    "rec_c01": replace(REC, name="rec_c01", creep=1.01),
+    "rec_c003": replace(REC, name="rec_c003", creep=1.003),
     "rec_s2": replace(REC, name="rec_s2", streak=2),
     "rec_s3": replace(REC, name="rec_s3", streak=3),
     "rec_s2_b10": replace(REC, name="rec_s2_b10", streak=2, brake=10.0),
