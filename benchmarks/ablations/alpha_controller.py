@@ -368,6 +368,7 @@ class Gate(Controller):
     gamma: float = 0.5
     streak: float = math.inf  # closure: the streak-th consecutive undo scales α by streak_factor
     streak_factor: float = 0.5
+    streak_cap: bool = False  # the streak also sets the ratchet's cap
     creep: float = 0.0  # > 0: after creep_after phase-2 steps, growth ≤ ×creep per step
     creep_after: float = 50.0
     ratchet: float = 0.0  # > 0: after a gated decrease at α, growth stops at ratchet·α
@@ -468,6 +469,8 @@ class Gate(Controller):
                 accept = False
                 s["streak"] = s.get("streak", 0.0) + 1
                 shrink = self.backoff if s["streak"] < self.streak else self.streak_factor
+                if self.streak_cap and s["streak"] >= self.streak:
+                    s["ceiling"] = min(s.get("ceiling", math.inf), self.ratchet * s["alpha"])
                 s["alpha"] = max(s["alpha"] * shrink, self.lr_min)
             else:
                 s["streak"] = 0.0
@@ -477,17 +480,22 @@ class Gate(Controller):
 REC_V1 = Gate(name="rec_v1", tau0=0.2, power=1.0, kg=2.0, curvature="fresh", reject=True,
               backoff=1.0)
 """The first candidate (``gate_t2m_g2_fresh_rej``): diverges SGD at 3600 evaluations (H5)."""
-REC = replace(REC_V1, name="rec", ratchet=0.9, floor=0.3)
-"""The recommended controller (docs/design/alpha.md, section 5)."""
+REC_V2 = replace(REC_V1, name="rec_v2", ratchet=0.9, floor=0.3)
+"""``rec_v1`` + ratchet + floor (H5); freezes closure-mode SGD on the CNN (H6)."""
+REC = replace(REC_V2, name="rec", streak=3, streak_cap=True, streak_factor=0.9)
+"""The recommended controller (docs/design/alpha.md, section 5): ``rec_v2`` + undo streak."""
 
 CONTROLLERS: dict[str, Controller] = {
     "rec": REC,
     "rec_v1": REC_V1,
-    "rec_c01": replace(REC, name="rec_c01", creep=1.01),
-    "rec_c003": replace(REC, name="rec_c003", creep=1.003),
-    "rec_s2": replace(REC, name="rec_s2", streak=2),
-    "rec_s3": replace(REC, name="rec_s3", streak=3),
-    "rec_s2_b10": replace(REC, name="rec_s2_b10", streak=2, brake=10.0),
+    "rec_v2": REC_V2,
+    "rec_c01": replace(REC_V2, name="rec_c01", creep=1.01),
+    "rec_c003": replace(REC_V2, name="rec_c003", creep=1.003),
+    "rec_s3c": replace(REC_V2, name="rec_s3c", streak=3, streak_cap=True),
+    "rec_s3c9": replace(REC_V2, name="rec_s3c9", streak=3, streak_cap=True, streak_factor=0.9),
+    "rec_s2": replace(REC_V2, name="rec_s2", streak=2),
+    "rec_s3": replace(REC_V2, name="rec_s3", streak=3),
+    "rec_s2_b10": replace(REC_V2, name="rec_s2_b10", streak=2, brake=10.0),
     "rec_r8": replace(REC_V1, name="rec_r8", ratchet=0.8),
     "rec_r8_x": replace(REC_V1, name="rec_r8_x", ratchet=0.8, relax=1.002),
     "rec_t1": replace(REC_V1, name="rec_t1", tau0=0.1),
