@@ -483,7 +483,7 @@ REC_V1 = Gate(name="rec_v1", tau0=0.2, power=1.0, kg=2.0, curvature="fresh", rej
 REC_V2 = replace(REC_V1, name="rec_v2", ratchet=0.9, floor=0.3)
 """``rec_v1`` + ratchet + floor (H5); freezes closure-mode SGD on the CNN (H6)."""
 REC = replace(REC_V2, name="rec", streak=3, streak_cap=True, streak_factor=0.9)
-"""The recommended controller (docs/design/alpha.md, section 5): ``rec_v2`` + undo streak."""
+"""The recommended controller (docs/design/alpha.md, section 4): ``rec_v2`` + undo streak."""
 
 CONTROLLERS: dict[str, Controller] = {
     "rec": REC,
