@@ -253,7 +253,7 @@ def test_a_state_dict_of_newt_0_1_0_is_refused_with_a_clear_message():
     old = {"state": {}, "param_groups": [{"lr": 0.1, "gamma": 0.5, "params": [0],
                                           "newt": {"step": torch.tensor(3)}}],
            "inner": opt.inner.state_dict()}
-    with pytest.raises(ValueError, match="0.1.0"):
+    with pytest.raises(ValueError, match=r"0\.1\.0"):
         opt.load_state_dict(old)
 
 
