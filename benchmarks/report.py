@@ -108,7 +108,8 @@ def plot_sweeps(summaries: list[Summary], methods: dict[str, Any], problem: str,
     band = (f"excess ≤ {GOOD_EXCESS} nats over" if rows[0].excess
             else f"ratio ≤ {GOOD_RATIO} to")
     fig.suptitle(f"{title}\ngrey band: {band} the tuned fixed lr; dashed grey: tuned lr + "
-                 f"cosine; × at the top: diverged (non-finite or above the initial value)")
+                 f"cosine;\n× at the top: diverged (non-finite or above the initial value)",
+                 fontsize=9)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=90)

@@ -217,6 +217,12 @@ def _run_tasks(tasks: list[Task], workers: int) -> list[dict[str, Any]]:
 
 
 # ---------------------------------------------------------------- selection
+def _matches(name: str, pattern: str) -> bool:
+    """``fnmatch`` glob, where ``[...]`` also matches literally (``'Adam+newt[free]*'``)."""
+    return (fnmatch.fnmatchcase(name, pattern)
+            or fnmatch.fnmatchcase(name, pattern.replace("[", "[[]")))
+
+
 def _select_methods(args: argparse.Namespace) -> tuple[list[Method], list[str]]:
     notes = []
     if args.newt_options:
@@ -235,7 +241,7 @@ def _select_methods(args: argparse.Namespace) -> tuple[list[Method], list[str]]:
     if args.methods:
         patterns = args.methods.split(",")
         methods = [m for m in methods
-                   if m.kind == "fixed" or any(fnmatch.fnmatchcase(m.name, p) for p in patterns)]
+                   if m.kind == "fixed" or any(_matches(m.name, p) for p in patterns)]
     missing = missing_peers()
     if missing:
         notes.append(f"Skipped (package not installed): {', '.join(missing)}; "
