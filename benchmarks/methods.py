@@ -153,7 +153,10 @@ class Method:
 
     def key(self) -> str:
         """A string that identifies the method and its options (for caching runs)."""
-        return self.name + (json.dumps(dict(self.options), sort_keys=True) if self.options else "")
+        key = self.name + (json.dumps(dict(self.options), sort_keys=True) if self.options else "")
+        if self.peer:  # the peer's fixed arguments: a changed set-up is not reused
+            key += "|" + json.dumps(PEERS[self.peer][4], sort_keys=True)
+        return key
 
 
 def _suffix(schedule: str) -> str:

@@ -51,7 +51,7 @@ from tqdm import tqdm
 from benchmarks import report
 from benchmarks.analysis import Summary, summarise
 from benchmarks.cost import measure_cost
-from benchmarks.harness import Budget, run_one
+from benchmarks.harness import Budget, Run, run_one
 from benchmarks.methods import INNER, MODES, Method, catalog, missing_peers
 from newt.problems import PROBLEMS, get_problem
 
@@ -375,7 +375,8 @@ def summarise_runs(runs: list[dict[str, Any]], methods: list[Method],
 def estimate(budgets: dict[str, int], methods: list[Method], seeds: int, workers: int,
              equal_steps: bool, fraction: float = 0.1) -> float:
     """Minutes the sweep would take: one run per (row, method) at ``fraction`` of its budget
-    (x = 1e-3, seed 0), scaled to the whole budget and multiplied by the row's runs.
+    (x = 1e-3, seed 0); its set-up time (model, optimizer, first measurement) plus its
+    training time scaled to the whole budget, times the row's number of runs.
 
     Diverging runs stop early, so this errs on the long side; the cost measurement is not
     included. Prints one line per row.
@@ -388,15 +389,18 @@ def estimate(budgets: dict[str, int], methods: list[Method], seeds: int, workers
     per_row: dict[str, float] = {}
     for (label, _), group in tqdm(groups.items(), desc="timing", unit="method"):
         _, method, _, _, budget = group[0]
-        x = 1e-3 if method.swept else 1.0
+        problem = get_problem(problem_of(label))
         short = Budget(max(4, round(budget.evals * fraction)),
                        max(4, round(budget.steps * fraction)) if budget.steps else None,
                        checkpoints=max(1, round(budget.checkpoints * fraction)))
         start = time.perf_counter()
-        _work((label, method, x, 0, short))
-        scale = budget.evals / short.evals
-        per_row[label] = per_row.get(label, 0.0) + (time.perf_counter() - start) * scale * len(
-            group)
+        run = Run(problem, method, 1e-3 if method.swept else 1.0, 0,
+                  horizon=max(1, budget.evals // method.evals_per_step))
+        setup = time.perf_counter() - start
+        start = time.perf_counter()
+        (run.train_lbfgs if method.mode == "lbfgs" else run.train)(short)
+        train = (time.perf_counter() - start) * budget.evals / short.evals
+        per_row[label] = per_row.get(label, 0.0) + (setup + train) * len(group)
     for label, seconds in per_row.items():
         runs = sum(t[0] == label for t in tasks)
         print(f"{label:26s} {runs:6d} runs  {seconds / 60 / workers:7.1f} min", file=sys.stderr)
