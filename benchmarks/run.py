@@ -82,6 +82,7 @@ class Config:
     cost_rounds: int
     equal_steps: bool
     notes: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()  # method globs left out unless --methods is given
 
 
 QUICK = Config(
@@ -93,6 +94,7 @@ QUICK = Config(
     cost_problems=("breast_cancer_logreg", "digits_mlp"),
     cost_rounds=5,
     equal_steps=False,
+    exclude=("*newt-seed*", "*newt[closure]+cos", "*newt[reuse]+cos", "D-Adapt Adam+cos", "DoG"),
     notes=("QUICK run: 5 of the 13 problems, shortened budgets (quadratic_deep 50 epochs "
            "instead of 100, digits MLP 20 epochs), no long budgets, 2 seeds on stochastic "
            "problems, no equal-steps column (`--equal-steps` adds it). `--full` runs the whole "
@@ -223,7 +225,8 @@ def _matches(name: str, pattern: str) -> bool:
             or fnmatch.fnmatchcase(name, pattern.replace("[", "[[]")))
 
 
-def _select_methods(args: argparse.Namespace) -> tuple[list[Method], list[str]]:
+def _select_methods(args: argparse.Namespace,
+                    config: Config | None = None) -> tuple[list[Method], list[str]]:
     notes = []
     if args.newt_options:
         notes.append(f"The `newt` rows use the default preset with `{args.newt_options}`.")
@@ -242,6 +245,11 @@ def _select_methods(args: argparse.Namespace) -> tuple[list[Method], list[str]]:
         patterns = args.methods.split(",")
         methods = [m for m in methods
                    if m.kind == "fixed" or any(_matches(m.name, p) for p in patterns)]
+    elif config is not None and config.exclude:
+        methods = [m for m in methods
+                   if m.kind == "fixed" or not any(_matches(m.name, p) for p in config.exclude)]
+        notes.append(f"Rows left out of the {config.name} run (`--methods '*'` runs them): "
+                     f"{', '.join(f'`{p}`' for p in config.exclude)}.")
     missing = missing_peers()
     if missing:
         notes.append(f"Skipped (package not installed): {', '.join(missing)}; "
@@ -464,7 +472,7 @@ def main(argv: list[str] | None = None) -> None:
     budget_sets = tuple(args.budgets.split(",")) if args.budgets else config.budget_sets
     budgets = expand_budgets(budgets, budget_sets)
     seeds = args.seeds or config.seeds
-    methods, notes = _select_methods(args)
+    methods, notes = _select_methods(args, config)
     equal_steps = config.equal_steps if args.equal_steps is None else args.equal_steps
     if args.estimate:
         torch.set_num_threads(1)
