@@ -245,7 +245,11 @@ def _select_methods(args: argparse.Namespace,
         patterns = args.methods.split(",")
         methods = [m for m in methods
                    if m.kind == "fixed" or any(_matches(m.name, p) for p in patterns)]
-    elif config is not None and config.exclude:
+    if args.exclude:
+        patterns = args.exclude.split(",")
+        methods = [m for m in methods
+                   if m.kind == "fixed" or not any(_matches(m.name, p) for p in patterns)]
+    elif not args.methods and config is not None and config.exclude:
         methods = [m for m in methods
                    if m.kind == "fixed" or not any(_matches(m.name, p) for p in config.exclude)]
         notes.append(f"Rows left out of the {config.name} run (`--methods '*'` runs them): "
@@ -309,6 +313,8 @@ def _parser() -> argparse.ArgumentParser:
                         help="budget fraction of the timed runs of --estimate")
     parser.add_argument("--methods", help="comma-separated name globs, e.g. 'Adam+newt*,Prodigy' "
                         "(the fixed-LR baselines are always run)")
+    parser.add_argument("--exclude", help="comma-separated name globs to leave out, e.g. "
+                        "'*newt-seed*,DoG' (replaces the --quick default exclusions)")
     parser.add_argument("--inners", default=",".join(INNER), help="inner optimizers")
     parser.add_argument("--modes", default=",".join(MODES), help="newt modes")
     parser.add_argument("--presets", default="default,seed", help="newt presets")
@@ -347,7 +353,7 @@ def _is_selection(args: argparse.Namespace) -> bool:
     defaults = _parser().parse_args([])
     return any(getattr(args, name) != getattr(defaults, name) for name in (
         "problems", "methods", "inners", "modes", "presets", "newt_options", "newt_variants",
-        "seeds", "budget_scale", "equal_steps", "budgets", "schedules"))
+        "seeds", "budget_scale", "equal_steps", "budgets", "schedules", "exclude"))
 
 
 def sweep(budgets: dict[str, int], methods: list[Method], seeds: int = 2, workers: int = 2,
@@ -395,6 +401,7 @@ def estimate(budgets: dict[str, int], methods: list[Method], seeds: int, workers
         groups.setdefault((task[0], task[1].name), []).append(task)
     _init_worker()
     per_row: dict[str, float] = {}
+    per_method: list[dict[str, Any]] = []
     for (label, _), group in tqdm(groups.items(), desc="timing", unit="method"):
         _, method, _, _, budget = group[0]
         problem = get_problem(problem_of(label))
@@ -409,10 +416,16 @@ def estimate(budgets: dict[str, int], methods: list[Method], seeds: int, workers
         (run.train_lbfgs if method.mode == "lbfgs" else run.train)(short)
         train = (time.perf_counter() - start) * budget.evals / short.evals
         per_row[label] = per_row.get(label, 0.0) + (setup + train) * len(group)
+        per_method.append({"row": label, "method": method.name, "runs": len(group),
+                           "seconds_per_run": setup + train})
     for label, seconds in per_row.items():
         runs = sum(t[0] == label for t in tasks)
         print(f"{label:26s} {runs:6d} runs  {seconds / 60 / workers:7.1f} min", file=sys.stderr)
     total = sum(per_row.values()) / 60 / workers
+    out = ROOT / "benchmarks" / "results" / "estimate-latest.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"workers": workers, "total_minutes": total, "rows": per_method,
+                               "load_average": os.getloadavg()}, indent=1))
     print(f"{'total':26s} {len(tasks):6d} runs  {total:7.1f} min with {workers} worker(s)",
           file=sys.stderr)
     return total
