@@ -121,8 +121,10 @@ def plot_lr_traces(runs: list[dict[str, Any]], problem: str, mode: str, xs: Sequ
                    inners: Sequence[str] = ("SGD", "Adam", "AdamW"), seed: int = 0) -> None:
     """Training loss (top) and α (bottom) over steps, one column per inner optimizer.
 
-    Solid: newt (default preset), dashed: newt's seed preset, both in ``mode``,
-    one colour per initial lr; black: the tuned fixed-LR run.
+    Solid: newt (default preset), dashed: newt's seed preset, dash-dotted: newt
+    with the cosine schedule (its α panel shows the step size α·lr/initial_lr),
+    all in ``mode``, one colour per initial lr; black: the tuned fixed-LR run
+    (dashed: the tuned + cosine run).
     """
     index = {(r["method"], r["x"]): r for r in runs
              if r["problem"] == problem and r["seed"] == seed}
@@ -132,11 +134,12 @@ def plot_lr_traces(runs: list[dict[str, Any]], problem: str, mode: str, xs: Sequ
     for column, inner in enumerate(inners):
         loss_ax, lr_ax = axes[0][column], axes[1][column]
         for x, colour in zip(xs, colours, strict=True):
-            for preset, ls in (("newt", "-"), ("newt-seed", "--")):
-                run = index.get((f"{inner}+{preset}[{mode}]", x))
+            for preset, suffix, ls in (("newt", "", "-"), ("newt-seed", "", "--"),
+                                       ("newt", "+cos", "-.")):
+                run = index.get((f"{inner}+{preset}[{mode}]{suffix}", x))
                 if run is None:
                     continue
-                label = f"{preset} α₀={_x(x)}"
+                label = f"{preset}{suffix} α₀={_x(x)}"
                 loss_ax.plot(run["trace"]["steps"], run["trace"]["loss"], ls=ls, color=colour,
                              label=label)
                 steps, lrs = zip(*run["lr_steps"], strict=True)
@@ -146,6 +149,12 @@ def plot_lr_traces(runs: list[dict[str, Any]], problem: str, mode: str, xs: Sequ
             loss_ax.plot(baseline["trace"]["steps"], baseline["trace"]["loss"], color="black",
                          lw=1.5, label=f"{inner} tuned lr={_x(baseline['x'])}")
             lr_ax.axhline(baseline["x"], color="black", lw=1, ls=":", label="tuned lr")
+        cosine = index.get((inner + "+cos", tuned_x.get(inner + "+cos")))
+        if cosine is not None:
+            loss_ax.plot(cosine["trace"]["steps"], cosine["trace"]["loss"], color="black",
+                         lw=1.2, ls="--", label=f"{inner}+cos tuned lr={_x(cosine['x'])}")
+            steps, lrs = zip(*cosine["lr_steps"], strict=True)
+            lr_ax.plot(steps, lrs, color="black", lw=1, ls="--", label="tuned lr + cosine")
         loss_ax.set_yscale("log")
         lr_ax.set_yscale("log")
         per_step = "2 evaluations/step" if mode == "closure" else "1 evaluation/step"

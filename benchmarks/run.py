@@ -445,6 +445,11 @@ def _collect_runs(tasks: list[Task], reuse: Path | None, workers: int) -> list[d
     return runs + _run_tasks(todo, workers)
 
 
+def _kind_of(methods: list[Method], name: str) -> str | None:
+    """The kind of the method called ``name`` (``None`` if there is none)."""
+    return next((m.kind for m in methods if m.name == name), None)
+
+
 def _plots(runs: list[dict[str, Any]], summaries: list[Any], methods: list[Method],
            budgets: dict[str, int], img_dir: Path) -> dict[str, Path]:
     images: dict[str, Path] = {}
@@ -458,7 +463,7 @@ def _plots(runs: list[dict[str, Any]], summaries: list[Any], methods: list[Metho
         if label not in budgets:
             continue
         tuned_x = {s.method: s.best_x for s in summaries
-                   if s.problem == label and s.method in INNER}
+                   if s.problem == label and _kind_of(methods, s.method) == "fixed"}
         for mode in ("closure", "free"):
             inners = [inner for inner in trace_inners if any(
                 m.kind == "newt" and m.newt_mode == mode and m.inner == inner for m in methods)]

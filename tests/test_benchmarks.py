@@ -232,3 +232,18 @@ def test_the_language_model_runs_adamw_rows_and_peers_only():
     assert not applies(methods["SGD-HD"], "byte_lm")
     assert applies(methods["Adam+newt[free]"], "digits_mlp")
     assert not applies(methods["L-BFGS"], "digits_mlp")
+
+
+def test_a_tiny_selection_writes_its_page_and_plots(tmp_path, monkeypatch):
+    import benchmarks.run as bench
+
+    monkeypatch.setattr(bench, "ROOT", tmp_path)
+    bench.main(["--problems", "booth,quadratic_deep", "--budgets", "short,long",
+                "--budget-scale", "0.02", "--inners", "SGD", "--modes", "free",
+                "--presets", "default", "--seeds", "1", "--workers", "1", "--no-cost",
+                "--methods", "DoG+avg", "--out", str(tmp_path / "out")])
+    page = (tmp_path / "out" / "report-quick.md").read_text()
+    assert "## quadratic_deep-long" in page and "## booth" in page
+    assert "| SGD+cos | SGD+cos |" in page and "| DoG+avg | SGD |" in page
+    assert (tmp_path / "out" / "img" / "bench_quadratic_deep-long.png").exists()
+    assert list((tmp_path / "benchmarks" / "results").glob("quick-selection-*.json"))
