@@ -57,6 +57,7 @@ from newt.problems import PROBLEMS, get_problem
 
 GRID = tuple(10.0**k for k in range(-6, 1))  # 1e-6 … 1, one per decade
 TRACE_XS = (1e-4, 1e-2, 1.0)  # initial lrs shown in the α-trace figure
+TRACES = (("digits_mlp", ("SGD", "Adam", "AdamW")), ("byte_lm", ("AdamW",)))  # α-trace figures
 ROOT = Path(__file__).resolve().parent.parent
 LONG = 3  # the long budget of a stochastic problem, × the short one
 LONG_SUFFIX = "-long"  # a long-budget row's problem label: "digits_mlp-long"
@@ -458,8 +459,8 @@ def _plots(runs: list[dict[str, Any]], summaries: list[Any], methods: list[Metho
         images[name] = img_dir / f"bench_{name}.png"
         report.plot_sweeps(summaries, method_index, name, f"{name}: {evals} gradient evaluations",
                            images[name])
-    for label, trace_inners in (("digits_mlp", ("SGD", "Adam", "AdamW")), ("byte_lm", ("AdamW",)),
-                                ("byte_lm" + LONG_SUFFIX, ("AdamW",))):
+    traced = [(name + suffix, inners) for name, inners in TRACES for suffix in ("", LONG_SUFFIX)]
+    for label, trace_inners in traced:
         if label not in budgets:
             continue
         tuned_x = {s.method: s.best_x for s in summaries
