@@ -173,8 +173,14 @@ def _task_key(problem: str, method_key: str, x: float, seed: int, budget: dict[s
     return json.dumps([problem, method_key, x, seed, budget["evals"], budget["steps"]])
 
 
-def _tasks(problems: dict[str, int], methods: list[Method], seeds: int,
-           equal_steps: bool) -> list[Task]:
+def _per(value: Any, label: str) -> Any:
+    """``value[label]`` for a per-row dict, else ``value`` itself."""
+    return value[label] if isinstance(value, dict) else value
+
+
+def _tasks(problems: dict[str, int], methods: list[Method], seeds: int | dict[str, int],
+           equal_steps: bool | dict[str, bool]) -> list[Task]:
+    """Every run: ``seeds`` and ``equal_steps`` may be given per row label."""
     tasks = []
     for label, evals in problems.items():
         name = problem_of(label)
@@ -183,8 +189,8 @@ def _tasks(problems: dict[str, int], methods: list[Method], seeds: int,
             if not applies(method, name):
                 continue
             xs = GRID if method.swept else (1.0,)
-            for seed in range(seeds if stochastic else 1):
-                budget = Budget(evals, evals if equal_steps else None,
+            for seed in range(_per(seeds, label) if stochastic else 1):
+                budget = Budget(evals, evals if _per(equal_steps, label) else None,
                                 checkpoints=CHECKPOINTS.get(name, 40))
                 tasks.extend((label, method, x, seed, budget) for x in xs)
     # longest first, so that two workers finish together
@@ -324,9 +330,14 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--newt-variants", help="JSON {label: options}: extra newt rows, "
                         "e.g. '{\"g03\": {\"gamma\": 0.3}, \"fmax4\": {\"factor_max\": 4}}'")
     parser.add_argument("--seeds", type=int, help="seeds per point on stochastic problems")
+    parser.add_argument("--long-seeds", type=int, help="seeds per point on the long-budget rows "
+                        "(default: --seeds)")
     parser.add_argument("--equal-steps", action=argparse.BooleanOptionalAction,
                         help="also run two-evaluation methods to the one-evaluation methods' "
                         "step count (default: on for --full, off for --quick)")
+    parser.add_argument("--long-equal-steps", action=argparse.BooleanOptionalAction,
+                        help="the equal-steps column on the long-budget rows (default: as "
+                        "--equal-steps)")
     parser.add_argument("--budget-scale", type=float, default=1.0,
                         help="multiply every budget (e.g. 0.5 for a faster look)")
     parser.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1))
@@ -354,11 +365,13 @@ def _is_selection(args: argparse.Namespace) -> bool:
     defaults = _parser().parse_args([])
     return any(getattr(args, name) != getattr(defaults, name) for name in (
         "problems", "methods", "inners", "modes", "presets", "newt_options", "newt_variants",
-        "seeds", "budget_scale", "equal_steps", "budgets", "schedules", "exclude"))
+        "seeds", "budget_scale", "equal_steps", "budgets", "schedules", "exclude",
+        "long_seeds", "long_equal_steps"))
 
 
-def sweep(budgets: dict[str, int], methods: list[Method], seeds: int = 2, workers: int = 2,
-          equal_steps: bool = False, reuse: Path | None = None,
+def sweep(budgets: dict[str, int], methods: list[Method], seeds: int | dict[str, int] = 2,
+          workers: int = 2, equal_steps: bool | dict[str, bool] = False,
+          reuse: Path | None = None,
           ) -> tuple[list[dict[str, Any]], list[Summary]]:
     """Run ``methods`` on ``budgets`` (problem label -> gradient evaluations) over the lr grid.
 
@@ -387,14 +400,15 @@ def summarise_runs(runs: list[dict[str, Any]], methods: list[Method],
         excess=[label for label in budgets if get_problem(problem_of(label)).excess])
 
 
-def estimate(budgets: dict[str, int], methods: list[Method], seeds: int, workers: int,
-             equal_steps: bool, fraction: float = 0.1) -> float:
+def estimate(budgets: dict[str, int], methods: list[Method], seeds: int | dict[str, int],
+             workers: int, equal_steps: bool | dict[str, bool], fraction: float = 0.1) -> float:
     """Minutes the sweep would take: one run per (row, method) at ``fraction`` of its budget
     (x = 1e-3, seed 0); its set-up time (model, optimizer, first measurement) plus its
     training time scaled to the whole budget, times the row's number of runs.
 
     Diverging runs stop early, so this errs on the long side; the cost measurement is not
-    included. Prints one line per row.
+    included. Prints one line per row and writes the timings to
+    ``benchmarks/results/estimate-<runs>-runs.json``.
     """
     tasks = _tasks(budgets, methods, seeds, equal_steps)
     groups: dict[tuple[str, str], list[Task]] = {}
@@ -423,7 +437,7 @@ def estimate(budgets: dict[str, int], methods: list[Method], seeds: int, workers
         runs = sum(t[0] == label for t in tasks)
         print(f"{label:26s} {runs:6d} runs  {seconds / 60 / workers:7.1f} min", file=sys.stderr)
     total = sum(per_row.values()) / 60 / workers
-    out = ROOT / "benchmarks" / "results" / "estimate-latest.json"
+    out = ROOT / "benchmarks" / "results" / f"estimate-{len(tasks)}-runs.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"workers": workers, "total_minutes": total, "rows": per_method,
                                "load_average": os.getloadavg()}, indent=1))
@@ -491,11 +505,17 @@ def main(argv: list[str] | None = None) -> None:
     budget_sets = tuple(args.budgets.split(",")) if args.budgets else config.budget_sets
     budgets = expand_budgets(budgets, budget_sets)
     seeds = args.seeds or config.seeds
+    seeds_of = {label: args.long_seeds if label.endswith(LONG_SUFFIX) and args.long_seeds
+                else seeds for label in budgets}
     methods, notes = _select_methods(args, config)
     equal_steps = config.equal_steps if args.equal_steps is None else args.equal_steps
+    equal_steps_of = {label: args.long_equal_steps if label.endswith(LONG_SUFFIX)
+                      and args.long_equal_steps is not None else equal_steps
+                      for label in budgets}
     if args.estimate:
         torch.set_num_threads(1)
-        estimate(budgets, methods, seeds, args.workers, equal_steps, args.estimate_fraction)
+        estimate(budgets, methods, seeds_of, args.workers, equal_steps_of,
+                 args.estimate_fraction)
         return
     results_dir = ROOT / "benchmarks" / "results"
     out_dir = args.out or (results_dir if selection else ROOT / "docs")
@@ -503,7 +523,8 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(1)
 
     start = time.perf_counter()
-    runs, summaries = sweep(budgets, methods, seeds, args.workers, equal_steps, args.reuse)
+    runs, summaries = sweep(budgets, methods, seeds_of, args.workers, equal_steps_of,
+                            args.reuse)
     cost_rows: list[dict[str, Any]] = []
     if not args.no_cost:
         cost_problems = [p for p in config.cost_problems if p in budgets] or list(budgets)[:1]
@@ -531,7 +552,7 @@ def main(argv: list[str] | None = None) -> None:
         "grid": GRID,
         "config": config.name,
         "budgets": budgets,
-        "seeds": seeds,
+        "seeds": seeds_of,
         "newt_options": args.newt_options,
         "newt_variants": args.newt_variants,
         "notes": [*config.notes, COMMON_NOTE, *notes, FULL_TIME_NOTE],
@@ -545,7 +566,8 @@ def main(argv: list[str] | None = None) -> None:
     shutil.copyfile(raw, results_dir / f"{tag}-latest.json")
 
     images = _plots(runs, summaries, methods, budgets, out_dir / "img")
-    problem_info = {name: _describe(name, evals, seeds) for name, evals in budgets.items()}
+    problem_info = {name: _describe(name, evals, seeds_of[name])
+                    for name, evals in budgets.items()}
     report.write_markdown(page, meta, summaries, problem_info, cost_rows, images)
     print(f"wrote {page}, {len(images)} plots in {out_dir / 'img'}, raw runs in {raw} "
           f"({wall:.1f} min)", file=sys.stderr)

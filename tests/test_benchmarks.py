@@ -224,6 +224,20 @@ def test_long_budgets_only_on_stochastic_problems():
         expand_budgets({"digits_mlp": 50}, ("medium",))
 
 
+def test_seeds_and_equal_steps_per_row():
+    from benchmarks.run import _tasks
+
+    methods = [Method("SGD", "fixed", "SGD")]
+    budgets = {"digits_logreg": 10, "digits_logreg-long": 30}
+    tasks = _tasks(budgets, methods, {"digits_logreg": 3, "digits_logreg-long": 1},
+                   {"digits_logreg": True, "digits_logreg-long": False})
+    short = [t for t in tasks if t[0] == "digits_logreg"]
+    long = [t for t in tasks if t[0] == "digits_logreg-long"]
+    assert len(short) == 3 * len(long) == 3 * 7
+    assert all(t[4].steps == 10 for t in short) and all(t[4].steps is None for t in long)
+    assert {t[4].evals for t in long} == {30}
+
+
 def test_the_language_model_runs_adamw_rows_and_peers_only():
     methods = {m.name: m for m in catalog()}
     assert applies(methods["AdamW+newt[free]+cos"], "byte_lm")
