@@ -18,8 +18,9 @@ warmup + cosine decay (``+cos`` rows, compared with the tuned + cosine
 baseline); ``--schedules none`` drops them.
 
 A run with any selection or override (``--problems``, ``--methods``,
-``--inners``, ``--modes``, ``--presets``, ``--schedules``, ``--budgets``,
-``--newt-options``, ``--newt-variants``, ``--seeds``, ``--budget-scale``)
+``--exclude``, ``--inners``, ``--modes``, ``--presets``, ``--schedules``,
+``--budgets``, ``--newt-options``, ``--newt-variants``, ``--seeds``,
+``--long-seeds``, ``--long-equal-steps``, ``--budget-scale``)
 writes its page and
 plots under ``benchmarks/results/`` instead of ``docs/``, so tuning never
 overwrites the published results. ``--reuse`` takes the runs it can from an
