@@ -134,7 +134,7 @@ def units(rank: int, world_size: int) -> dict[str, Any]:
 
 
 def harness(rank: int, world_size: int) -> dict[str, Any]:
-    return {"ddp_sgd": sgd_train(rank, world_size, ddp=True), "fsdp2": fsdp2_probe(),
+    return {"ddp_sgd": sgd_train(rank, world_size, ddp=True), "fsdp2_probe": fsdp2_probe(),
             "units": units(rank, world_size)}
 
 
@@ -199,7 +199,7 @@ def _sharded_linear_parts(rank: int, world_size: int):
     return local_w, bias, local_w2, per
 
 
-def manual_shard_train(rank: int, world_size: int, mode: str,
+def manual_shard_train(rank: int, world_size: int, mode: str, empty_group: bool = True,
                        steps: int = STEPS) -> dict[str, Any]:
     import newt
     from newt import distributed as nd
@@ -217,6 +217,8 @@ def manual_shard_train(rank: int, world_size: int, mode: str,
         z = x[:, rank * per:(rank + 1) * per] @ local_w
         if rank == 0:
             z = z + x[:, :2] ** 2 @ w2
+        elif not empty_group:  # a zero gradient instead of none
+            z = z + 0 * w2.sum()
         if group is not None:  # the sum of the ranks' parts; gradient flows to the local one
             total = z.detach().clone()
             dist.all_reduce(total, group=group)
@@ -249,8 +251,23 @@ def manual_shard_train(rank: int, world_size: int, mode: str,
     return {"alphas": alphas, "params": checksum([*full, bias.detach(), owned])}
 
 
-def manual_shard_modes(rank: int, world_size: int, modes: list[str]) -> dict[str, Any]:
-    return {mode: manual_shard_train(rank, world_size, mode) for mode in modes}
+def manual_shard_modes(rank: int, world_size: int, modes: list[str],
+                       empty_group: bool = True) -> dict[str, Any]:
+    return {mode: manual_shard_train(rank, world_size, mode, empty_group) for mode in modes}
+
+
+NEWT_MODES = ["closure", "closure_free", "reuse"]
+SHARD_MODES = ["closure", "closure_free"]
+
+
+def everything(rank: int, world_size: int, newt: bool) -> dict[str, Any]:
+    """The harness and DDP/FSDP2 runs in one launch (starting processes costs more than
+    the runs)."""
+    out = harness(rank, world_size)
+    if newt:
+        out["ddp"] = newt_modes(rank, world_size, "ddp", NEWT_MODES)
+        out["fsdp2"] = newt_modes(rank, world_size, "fsdp2", NEWT_MODES)
+    return out
 
 
 def max_abs_diff(a: list[float], b: list[float]) -> float:

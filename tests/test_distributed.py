@@ -23,12 +23,19 @@ pytestmark = pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_avai
 CORE_V2 = "process_group" in inspect.signature(newt.NewtOptimizer).parameters
 needs_core_v2 = pytest.mark.skipif(not CORE_V2, reason="NewtOptimizer(process_group=...) "
                                    "arrives with the core v2")
-MODES = ["closure", "closure_free", "reuse"]
+MODES = w.NEWT_MODES
+EMPTY_GROUP = True
 
 
 @pytest.fixture(scope="module")
-def harness():
-    return run_workers("dist_workers:harness", world_size=2)
+def runs():
+    """Every 2-process run, in one launch (the newt ones once the core v2 is in)."""
+    return run_workers("dist_workers:everything", world_size=2, timeout=150, newt=CORE_V2)
+
+
+@pytest.fixture(scope="module")
+def harness(runs):
+    return runs
 
 
 def test_harness_ddp_sgd_matches_one_process_on_the_concatenated_batch(harness):
@@ -44,7 +51,7 @@ def test_harness_ddp_sgd_matches_one_process_on_the_concatenated_batch(harness):
 
 
 def test_fsdp2_fully_shard_runs_on_cpu_gloo(harness):
-    probe = harness[0]["fsdp2"]
+    probe = harness[0]["fsdp2_probe"]
     assert probe["ok"], probe["error"]
     assert probe["kinds"] == ["DTensor"]
 
@@ -66,7 +73,7 @@ def test_reductions_for_real(harness):
 
 def test_a_hang_fails_instead_of_hanging():
     with pytest.raises(WorkerError, match="hung"):
-        run_workers("dist_workers_hang:hang", world_size=2, timeout=5)
+        run_workers("dist_workers_hang:hang", world_size=2, timeout=3)
 
 
 def test_a_failing_rank_fails_fast_with_its_traceback():
@@ -90,16 +97,6 @@ def test_process_group_argument_checks():
 
 # ---------------------------------------------------------------------------- newt (core v2)
 @pytest.fixture(scope="module")
-def ddp_runs():
-    return run_workers("dist_workers:newt_modes", world_size=2, wrap="ddp", modes=MODES)
-
-
-@pytest.fixture(scope="module")
-def fsdp2_runs():
-    return run_workers("dist_workers:newt_modes", world_size=2, wrap="fsdp2", modes=MODES)
-
-
-@pytest.fixture(scope="module")
 def single_runs():
     return {mode: w.newt_train(0, 1, mode, wrap="none") for mode in MODES}
 
@@ -117,20 +114,26 @@ def _assert_identical_and_single(ranks, single) -> None:
 
 @needs_core_v2
 @pytest.mark.parametrize("mode", MODES)
-def test_ddp_newt_ranks_agree_and_match_one_process(ddp_runs, single_runs, mode):
-    _assert_identical_and_single([r[mode] for r in ddp_runs], single_runs[mode])
+def test_ddp_newt_ranks_agree_and_match_one_process(runs, single_runs, mode):
+    _assert_identical_and_single([r["ddp"][mode] for r in runs], single_runs[mode])
 
 
 @needs_core_v2
 @pytest.mark.parametrize("mode", MODES)
-def test_fsdp2_newt_ranks_agree_and_match_one_process(fsdp2_runs, single_runs, mode):
-    _assert_identical_and_single([r[mode] for r in fsdp2_runs], single_runs[mode])
+def test_fsdp2_newt_ranks_agree_and_match_one_process(runs, single_runs, mode):
+    _assert_identical_and_single([r["fsdp2"][mode] for r in runs], single_runs[mode])
+
+
+@pytest.fixture(scope="module")
+def manual_runs():
+    """Its own launch: a core that skips the empty group deadlocks, and that must not take
+    the other tests' results with it."""
+    return run_workers("dist_workers:manual_shard_modes", world_size=2, timeout=90,
+                       modes=w.SHARD_MODES, empty_group=EMPTY_GROUP)
 
 
 @needs_core_v2
-def test_manual_shard_with_an_empty_group_on_one_rank():
-    modes = ["closure", "closure_free"]
-    ranks = run_workers("dist_workers:manual_shard_modes", world_size=2, modes=modes)
-    for mode in modes:
-        single = w.manual_shard_train(0, 1, mode)
-        _assert_identical_and_single([r[mode] for r in ranks], single)
+@pytest.mark.parametrize("mode", w.SHARD_MODES)
+def test_manual_shard_with_an_empty_group_on_one_rank(manual_runs, mode):
+    single = w.manual_shard_train(0, 1, mode)
+    _assert_identical_and_single([r[mode] for r in manual_runs], single)
