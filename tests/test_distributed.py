@@ -95,6 +95,15 @@ def test_process_group_argument_checks():
     nd.check_sharded_without_group([torch.zeros(1)], None)  # no job: nothing to check
 
 
+def test_an_empty_local_shard_counts_as_finite():
+    from newt import functional as F
+
+    # FSDP2 gives rank 1 an empty shard of a 1-element bias; the inf-norm has no identity.
+    assert bool(F.all_finite([torch.zeros(0), torch.ones(2)]))
+    assert not bool(F.all_finite([torch.zeros(0), torch.tensor([float("nan")])]))
+    assert bool(F.all_finite([torch.zeros(0)]))
+
+
 # ---------------------------------------------------------------------------- newt (core v2)
 @pytest.fixture(scope="module")
 def single_runs():
