@@ -72,3 +72,36 @@ for replay in (False, True):
         label = "newt.lookahead" if replay else "plain"
         print(f"{label:>22} {lr:>6.0e} {updates:>16.2f} {rejected:>9.1%} "
               f"{torch.equal(draw, one_evaluation)!s:>14}")
+
+
+# Part 2: NewtOptimizer(Adam) in closure mode on the same model and batches, 200 steps:
+# steps undone by the loss-increase check, BatchNorm updates per step, final α.
+# (Run it on a commit before the lookahead was wired in for the "before" row.)
+import newt  # noqa: E402
+
+
+def newt_run() -> tuple[int, float, float]:
+    model = build()
+    opt = newt.NewtOptimizer(torch.optim.Adam(model.parameters(), lr=1e-3))
+    torch.manual_seed(1)
+    undone = 0
+    for t in range(STEPS):
+        i = (t * BATCH) % (X.shape[0] - BATCH)
+        x, y = X[i:i + BATCH], Y[i:i + BATCH]
+
+        def closure(x=x, y=y) -> torch.Tensor:
+            opt.zero_grad()
+            loss = torch.nn.functional.cross_entropy(model(x), y)
+            loss.backward()
+            return loss
+
+        before = [p.detach().clone() for p in model.parameters()]
+        opt.step(closure)
+        undone += all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
+    alpha = float(opt.param_groups[0]["lr"]) if not hasattr(opt, "alphas") else opt.alphas[0]
+    return undone, int(model[1].num_batches_tracked) / STEPS, alpha
+
+
+undone, updates, alpha = newt_run()
+print(f"newt(Adam) closure mode, {STEPS} steps: {undone} undone, "
+      f"BatchNorm updates/step {updates:.2f}, final α {alpha:.3g}")
