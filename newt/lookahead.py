@@ -179,15 +179,20 @@ class _BufferStore:
                 self._saved[module] = {n: b.detach().clone()
                                        for n, b in _buffers_of(module, all_buffers).items()}
 
-    def restore(self) -> None:
+    def restore(self, keep: Tensor | None = None) -> None:
+        """Put the copies back (where ``keep`` is false, if given: no host sync)."""
         with torch.no_grad():
             for module, saved in list(self._saved.items()):
                 for name, value in saved.items():
                     buffer = getattr(module, name, None)
-                    if isinstance(buffer, Tensor) and buffer.shape == value.shape:
+                    if not (isinstance(buffer, Tensor) and buffer.shape == value.shape):
+                        # replaced or re-materialised (lazy modules): put the copy back
+                        if keep is None:
+                            setattr(module, name, value.clone())
+                    elif keep is None:
                         buffer.copy_(value)
-                    else:  # replaced or re-materialised (lazy modules): put the copy back
-                        setattr(module, name, value.clone())
+                    else:
+                        torch.where(keep.to(buffer.device), buffer, value, out=buffer)
 
 
 def _explicit_modules(modules: torch.nn.Module | Iterable[torch.nn.Module] | None
@@ -328,8 +333,13 @@ def lookahead(state: ModelState, *, replay_rng: bool = True,
             restore_rng(after_first)
 
 
-def restore_model_state(state: ModelState) -> None:
+def restore_model_state(state: ModelState, keep: Tensor | None = None) -> None:
     """Put the buffers `capture` saved back: the model state from before the step.
+
+    Args:
+        state: the `ModelState` of the step.
+        keep: optional 0-d bool tensor; the buffers are restored only where it is
+            false (``torch.where``: no host sync, for an undo decided on the device).
 
     The RNG is not rewound: an undone step has drawn its random numbers.
     """
@@ -338,4 +348,6 @@ def restore_model_state(state: ModelState) -> None:
             f"restore_model_state(state=...) must be the ModelState yielded by capture(), "
             f"got {type(state).__name__}"
         )
-    state._before.restore()
+    if keep is not None and (not isinstance(keep, Tensor) or keep.numel() != 1):
+        raise TypeError("restore_model_state(keep=...) must be a one-element bool tensor")
+    state._before.restore(None if keep is None else keep.reshape(()).to(torch.bool))

@@ -3,10 +3,13 @@ leaves BatchNorm's running statistics alone; an undone step restores them."""
 
 from __future__ import annotations
 
+import inspect
+
 import pytest
 import torch
 from sklearn.datasets import load_digits
 
+import newt
 from newt import lookahead as la
 
 
@@ -98,6 +101,13 @@ def test_restore_model_state_undoes_the_step_for_bn():
     la.restore_model_state(saved)
     assert_same(bn_state(model), before)
     assert saved.found == 1
+    # The device-side form: restore only where keep is false.
+    loss_of(model, x, y)
+    after = bn_state(model)
+    la.restore_model_state(saved, keep=torch.tensor(True))
+    assert_same(bn_state(model), after)
+    la.restore_model_state(saved, keep=torch.tensor(False))
+    assert_same(bn_state(model), before)
 
 
 def test_reuse_form_keeps_the_lookahead_update_and_undo_still_restores():
@@ -184,3 +194,57 @@ def test_bad_arguments():
         la.restore_model_state(None)
     with pytest.raises(TypeError, match="RNGState"):
         la.restore_rng(torch.get_rng_state())
+
+
+# ---------------------------------------------------------------------------- in NewtOptimizer
+CORE_V2 = "process_group" in inspect.signature(newt.NewtOptimizer).parameters
+needs_core_v2 = pytest.mark.skipif(not CORE_V2, reason="wired into the core v2")
+
+
+def newt_closure(opt, model, x, y):
+    def closure():
+        opt.zero_grad()
+        loss = loss_of(model, x, y)
+        loss.backward()
+        return loss
+    return closure
+
+
+@needs_core_v2
+def test_closure_training_with_dropout_and_bn_keeps_alpha_and_one_bn_update_per_step():
+    x_all, y_all = digits_batch(1024)
+    model = dropout_bn_mlp()
+    opt = newt.NewtOptimizer(torch.optim.Adam(model.parameters(), lr=1e-3))
+    undone = 0
+    for t in range(100):
+        i = (t * 64) % 960
+        before = [p.detach().clone() for p in model.parameters()]
+        bn_before = bn_state(model)
+        opt.step(newt_closure(opt, model, x_all[i:i + 64], y_all[i:i + 64]))
+        if all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True)):
+            undone += 1
+            assert_same(bn_state(model), bn_before)  # an undone step leaves BN as it was
+    # Once per kept step; a plain lookahead made 2 per step and collapsed α to lr_min.
+    assert int(model[1].num_batches_tracked) == 100 - undone
+    assert undone <= 10
+    assert opt.alphas[0] > 1e-3
+
+
+@needs_core_v2
+def test_an_undone_step_restores_bn_and_reuse_updates_once():
+    x, y = digits_batch()
+    model = dropout_bn_mlp().eval()
+    model[1].train()  # BN updates, dropout off: a deterministic closure for reuse
+    opt = newt.NewtOptimizer(torch.optim.SGD(model.parameters(), lr=1e-2),
+                             reuse_lookahead=True)
+    closure = newt_closure(opt, model, x, y)
+    for _ in range(5):
+        opt.step(closure)
+    assert int(model[1].num_batches_tracked) == 5 + 1  # the last lookahead is step 6's update
+    # A step far too large raises the loss: newt undoes it, and BN with it.
+    opt2 = newt.NewtOptimizer(torch.optim.SGD(model.parameters(), lr=1e3))
+    bn_before = bn_state(model)
+    params_before = [p.detach().clone() for p in model.parameters()]
+    opt2.step(newt_closure(opt2, model, x, y))
+    assert all(torch.equal(a, b) for a, b in zip(params_before, model.parameters(), strict=True))
+    assert_same(bn_state(model), bn_before)
