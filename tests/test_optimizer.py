@@ -350,12 +350,32 @@ def test_reuse_lookahead_follows_the_same_trajectory_as_two_evaluations(inner):
         newt.NewtOptimizer(make_inner(inner, models[0].parameters(), 0.05)),
         newt.NewtOptimizer(make_inner(inner, models[1].parameters(), 0.05), reuse_lookahead=True),
     ]
+    counters = [[0], [0]]
+    closures = [mlp_closure(models[i], opts[i], x, y, counters[i]) for i in range(2)]
     losses = [[], []]
     for _ in range(10):
-        for i in range(2):
-            losses[i].append(float(opts[i].step(mlp_closure(models[i], opts[i], x, y))))
+        for i in range(2):  # one closure object per optimizer, so reuse really reuses
+            losses[i].append(float(opts[i].step(closures[i])))
     assert losses[0] == losses[1]
     assert params_equal(models[0], models[1])
+    assert counters[1][0] < counters[0][0]
+
+
+@pytest.mark.parametrize("set_to_none", [True, False])
+def test_reuse_with_zero_grad_before_step_re_evaluates_and_keeps_learning(set_to_none):
+    """The common `opt.zero_grad(); opt.step(closure)` loop clears the cached gradients:
+    newt notices and evaluates again instead of stepping on zero gradients."""
+    x, y = mlp_data()
+    models = [make_mlp(0), make_mlp(0)]
+    opts = [newt.NewtOptimizer(torch.optim.Adam(m.parameters(), lr=1e-2),
+                               reuse_lookahead=reuse) for m, reuse in zip(models, (False, True),
+                                                                          strict=True)]
+    closures = [mlp_closure(m, o, x, y) for m, o in zip(models, opts, strict=True)]
+    for _ in range(30):
+        for opt, closure in zip(opts, closures, strict=True):
+            opt.zero_grad(set_to_none=set_to_none)
+            opt.step(closure)
+    assert params_equal(models[0], models[1])  # the same as evaluating twice every step
 
 
 def test_reuse_with_a_different_closure_object_warns_and_evaluates():
