@@ -261,12 +261,12 @@ SHARD_MODES = ["closure", "closure_free"]
 
 
 def everything(rank: int, world_size: int, newt: bool) -> dict[str, Any]:
-    """The harness and DDP/FSDP2 runs in one launch (starting processes costs more than
-    the runs)."""
+    """Every 2-process run in one launch (starting processes costs more than the runs)."""
     out = harness(rank, world_size)
     if newt:
         out["ddp"] = newt_modes(rank, world_size, "ddp", NEWT_MODES)
         out["fsdp2"] = newt_modes(rank, world_size, "fsdp2", NEWT_MODES)
+        out["manual"] = manual_shard_modes(rank, world_size, SHARD_MODES, empty_group=True)
     return out
 
 

@@ -1,7 +1,7 @@
 """Data-parallel and sharded newt on 2 real gloo processes (loopback, bounded timeouts).
 
-Each fixture starts one pair of processes that runs every mode (process start-up
-dominates the time); a hang kills the pair and fails the test (`distributed.run_workers`).
+One launch of a pair of processes runs every case (process start-up dominates the
+time); a hang kills the pair and fails the test (`distributed.run_workers`).
 """
 
 from __future__ import annotations
@@ -24,7 +24,6 @@ CORE_V2 = "process_group" in inspect.signature(newt.NewtOptimizer).parameters
 needs_core_v2 = pytest.mark.skipif(not CORE_V2, reason="NewtOptimizer(process_group=...) "
                                    "arrives with the core v2")
 MODES = w.NEWT_MODES
-EMPTY_GROUP = True
 
 
 @pytest.fixture(scope="module")
@@ -133,16 +132,8 @@ def test_fsdp2_newt_ranks_agree_and_match_one_process(runs, single_runs, mode):
     _assert_identical_and_single([r["fsdp2"][mode] for r in runs], single_runs[mode])
 
 
-@pytest.fixture(scope="module")
-def manual_runs():
-    """Its own launch: a core that skips the empty group deadlocks, and that must not take
-    the other tests' results with it."""
-    return run_workers("dist_workers:manual_shard_modes", world_size=2, timeout=90,
-                       modes=w.SHARD_MODES, empty_group=EMPTY_GROUP)
-
-
 @needs_core_v2
 @pytest.mark.parametrize("mode", w.SHARD_MODES)
-def test_manual_shard_with_an_empty_group_on_one_rank(manual_runs, mode):
+def test_manual_shard_with_an_empty_group_on_one_rank(runs, mode):
     single = w.manual_shard_train(0, 1, mode)
-    _assert_identical_and_single([r[mode] for r in manual_runs], single)
+    _assert_identical_and_single([r["manual"][mode] for r in runs], single)

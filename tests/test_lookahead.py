@@ -242,7 +242,7 @@ def test_an_undone_step_restores_bn_and_reuse_updates_once():
         opt.step(closure)
     assert int(model[1].num_batches_tracked) == 5 + 1  # the last lookahead is step 6's update
     # A step far too large raises the loss: newt undoes it, and BN with it.
-    opt2 = newt.NewtOptimizer(torch.optim.SGD(model.parameters(), lr=1e3))
+    opt2 = newt.NewtOptimizer(torch.optim.SGD(model.parameters(), lr=1e3), lr_max=1e4)
     bn_before = bn_state(model)
     params_before = [p.detach().clone() for p in model.parameters()]
     opt2.step(newt_closure(opt2, model, x, y))
