@@ -140,7 +140,7 @@ def harness(rank: int, world_size: int) -> dict[str, Any]:
 
 # ---------------------------------------------------------------------------- newt
 def newt_train(rank: int, world_size: int, mode: str, wrap: str,
-               steps: int = STEPS) -> dict[str, Any]:
+               steps: int = STEPS, use_group: bool = True) -> dict[str, Any]:
     """50 newt(Adam) steps in ``mode`` (closure, closure_free, reuse) on a model that
     ``wrap`` makes data parallel ("ddp"), sharded ("fsdp2") or leaves alone ("none")."""
     import newt
@@ -155,7 +155,7 @@ def newt_train(rank: int, world_size: int, mode: str, wrap: str,
         for layer in (model[0], model[2]):
             fully_shard(layer)
         net = fully_shard(model)
-    group = dist.group.WORLD if world_size > 1 else None
+    group = dist.group.WORLD if world_size > 1 and use_group else None
     opt = newt.NewtOptimizer(torch.optim.Adam(net.parameters(), lr=1e-3),
                              reuse_lookahead=mode == "reuse", process_group=group)
     fixed = mode == "reuse"  # reuse needs a deterministic closure: one fixed batch
@@ -267,8 +267,33 @@ def everything(rank: int, world_size: int, newt: bool) -> dict[str, Any]:
         out["ddp"] = newt_modes(rank, world_size, "ddp", NEWT_MODES)
         out["fsdp2"] = newt_modes(rank, world_size, "fsdp2", NEWT_MODES)
         out["manual"] = manual_shard_modes(rank, world_size, SHARD_MODES, empty_group=True)
+        out["without"] = ddp_without_group(rank, world_size)
     return out
 
 
 def max_abs_diff(a: list[float], b: list[float]) -> float:
     return max((abs(u - v) for u, v in zip(a, b, strict=True)), default=0.0) if a else math.nan
+
+
+def ddp_without_group(rank: int, world_size: int) -> dict[str, Any]:
+    """DDP in closure mode with process_group=None: what the group prevents (and the
+    misuse check that FSDP2 without a group runs into)."""
+    import warnings
+
+    import newt
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        out: dict[str, Any] = {"closure": newt_train(rank, world_size, "closure", "ddp",
+                                                     use_group=False)}
+    out["warned"] = any("without process_group" in str(c.message) for c in caught)
+    from torch.distributed.fsdp import fully_shard
+
+    model = mlp()
+    fully_shard(model)
+    try:
+        newt.NewtOptimizer(torch.optim.Adam(model.parameters()))
+        out["fsdp2_error"] = None
+    except RuntimeError as error:
+        out["fsdp2_error"] = str(error)
+    return out

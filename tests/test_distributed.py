@@ -137,3 +137,12 @@ def test_fsdp2_newt_ranks_agree_and_match_one_process(runs, single_runs, mode):
 def test_manual_shard_with_an_empty_group_on_one_rank(runs, mode):
     single = w.manual_shard_train(0, 1, mode)
     _assert_identical_and_single([r["manual"][mode] for r in runs], single)
+
+
+@needs_core_v2
+def test_without_a_group_ddp_closure_ranks_diverge_and_fsdp2_is_refused(runs):
+    ranks = [r["without"] for r in runs]
+    # Each rank judged its own loss: α differs (the misuse the warning names).
+    assert ranks[0]["closure"]["alphas"] != ranks[1]["closure"]["alphas"]
+    assert all(r["warned"] for r in ranks)
+    assert "pass NewtOptimizer(..., process_group=" in ranks[0]["fsdp2_error"]

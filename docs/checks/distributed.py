@@ -4,7 +4,9 @@ Runs the same 2-process jobs as tests/test_distributed.py (50 newt(Adam) steps
 of a float64 MLP; DDP and FSDP2 in closure, closure-free and reuse modes; a
 feature-sharded linear model with a group one rank has no gradient for) and
 prints, per rank, the final α, the sum and SHA-1 of the parameters, and the
-largest parameter difference from one process on the concatenated batch.
+largest parameter difference from one process on the concatenated batch; then
+DDP in closure mode without process_group (what the group prevents) and the
+error FSDP2 without a group raises.
 
 Run: PYTHONPATH=. python docs/checks/distributed.py
 """
@@ -32,6 +34,11 @@ def report(label: str, ranks: list[dict], single: dict) -> None:
 start = time.perf_counter()
 runs = run_workers("dist_workers:everything", world_size=2, timeout=300, newt=True)
 elapsed = time.perf_counter() - start
+without = [r["without"] for r in runs]
+report("ddp closure, no group", [r["closure"] for r in without],
+       w.newt_train(0, 1, "closure", wrap="none"))
+print(f"warned: {[r['warned'] for r in without]}; FSDP2 without a group: "
+      f"{without[0]['fsdp2_error']}")
 for wrap in ("ddp", "fsdp2"):
     for mode in w.NEWT_MODES:
         single = w.newt_train(0, 1, mode, wrap="none")
