@@ -9,6 +9,8 @@
 3. The end of a cosine: mini-batch least squares (batches of 32), Adam at lr=1e-2,
    default preset, closure mode, CosineAnnealingLR(T_max=60) to 0 over 60 steps;
    s, α and the step size at a few steps, against the same run without a schedule.
+4. Chainable and non-chainable schedulers compose alike: ExponentialLR(gamma=0.9)
+   and LambdaLR(lambda t: 0.9**t) on the run of part 1, 20 steps.
 
     python docs/checks/scheduler.py
 """
@@ -81,7 +83,7 @@ for scheduled in (False, True):
         lambda o, a, k, taken=taken: taken.append(float(o.param_groups[0]["lr"])))
     opt = newt.NewtOptimizer(inner)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=60) if scheduled else None
-    rows = []
+    rows, late = [], []
     for t in range(1, 61):
         i = ((t - 1) * 32) % 1024
         x, y = X[i:i + 32], Y[i:i + 32]
@@ -94,6 +96,8 @@ for scheduled in (False, True):
 
         factor = opt.param_groups[0]["lr"] / 1e-2 if scheduled else 1.0
         opt.step(batch_closure)
+        if t > 50:
+            late.append(opt.alphas[0])
         if t in (10, 30, 50, 55, 58, 59, 60):
             rows.append(f"{t}: s {factor:.3g}, α {opt.alphas[0]:.3g}, step {taken[-1]:.3g}")
         if sched is not None:
@@ -101,6 +105,25 @@ for scheduled in (False, True):
     with torch.no_grad():
         full = float(torch.nn.functional.mse_loss(model(X), Y))
     print(f"3. {'cosine to 0' if scheduled else 'no schedule'}: full-batch loss {full:.4f}; "
-          f"{len(taken)} inner steps")
+          f"{len(taken)} inner steps; α over steps 51-60 in [{min(late):.4g}, {max(late):.4g}]")
     for row in rows:
         print("   " + row)
+
+# 4. Chainable (ExponentialLR) and non-chainable (LambdaLR) schedulers with the same factors.
+results = {}
+for name in ("ExponentialLR", "LambdaLR"):
+    torch.manual_seed(0)
+    X, Y = torch.randn(256, 8), torch.randn(256, 1)
+    model = torch.nn.Linear(8, 1)
+    opt = newt.NewtOptimizer(torch.optim.SGD(model.parameters(), lr=1e-2))
+    sched = (torch.optim.lr_scheduler.ExponentialLR(opt, gamma=0.9) if name == "ExponentialLR"
+             else torch.optim.lr_scheduler.LambdaLR(opt, lambda t: 0.9**t))
+    for _ in range(20):
+        opt.step(closure)
+        sched.step()
+    results[name] = (opt.alphas[0], opt.step_sizes[0], [p.detach().clone()
+                                                        for p in model.parameters()])
+(a1, s1, p1), (a2, s2, p2) = results.values()
+print(f"4. ExponentialLR(0.9) vs LambdaLR(0.9**t), 20 steps: α {a1:.6g} vs {a2:.6g}, step "
+      f"{s1:.6g} vs {s2:.6g}, parameters max difference "
+      f"{max(float((a - b).abs().max()) for a, b in zip(p1, p2, strict=True)):.2g}")

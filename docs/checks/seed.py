@@ -50,3 +50,37 @@ for use_alternate_approx in (False, True):
     equal = sum(a == b for a, b in zip(seed_lrs, newt_lrs, strict=True))
     print(f"use_alternate_approx={use_alternate_approx}: α equal at {equal} of {len(seed_lrs)} "
           f"steps; final α {seed_lrs[-1]:.6g} vs {newt_lrs[-1]:.6g}")
+
+# Two parameter groups, one of which overshoots (lr 1.0 on the output layer): the seed's
+# loop with newt.Newt and the NewtOptimizer(preset="seed") loop, α per group and parameters.
+finals = []
+for api in ("Newt", "NewtOptimizer"):
+    model = build()
+    groups = [{"params": model[0].parameters(), "lr": 1e-2},
+              {"params": model[2].parameters(), "lr": 1.0}]
+    if api == "Newt":
+        optimizer = torch.optim.SGD(groups)
+        scheduler = Newt(optimizer, NewtConfig(model=model, loss_criterion=loss_criterion))
+        for x, y in batches:
+            optimizer.zero_grad()
+            loss = loss_criterion(model(x), y)
+            loss.backward()
+            optimizer.step()
+            scheduler.step_setup(loss, x, y)
+            scheduler.step()
+        alphas = [g["lr"] for g in optimizer.param_groups]
+    else:
+        opt = newt.NewtOptimizer(torch.optim.SGD(groups), preset="seed")
+        for x, y in batches:
+            def closure(x=x, y=y, opt=opt, model=model):
+                opt.zero_grad()
+                loss = loss_criterion(model(x), y)
+                loss.backward()
+                return loss
+            opt.step(closure)
+        alphas = opt.alphas
+    finals.append((alphas, [p.detach().clone() for p in model.parameters()]))
+(alphas_a, params_a), (alphas_b, params_b) = finals
+same = all(torch.equal(a, b) for a, b in zip(params_a, params_b, strict=True))
+print(f"two groups (lr 1e-2 and 1.0), 24 steps: Newt α {alphas_a[0]:.6g}, {alphas_a[1]:.6g}; "
+      f"preset='seed' α {alphas_b[0]:.6g}, {alphas_b[1]:.6g}; parameters bitwise equal: {same}")
