@@ -40,7 +40,7 @@ from torch.optim import Optimizer
 
 from newt import functional as F
 from newt import rule
-from newt.options import NewtOptions
+from newt.options import OPTION_NAMES, NewtOptions
 from newt.rule import Outcome, Probe, Safeguard
 from newt.state import FORMAT_VERSION, GroupState, check_shapes
 
@@ -229,6 +229,14 @@ class NewtOptimizer(Optimizer):
         """Check a group (newt's options and its lr) before newt accepts it."""
         options = NewtOptions.resolve("default", self._options.as_dict(),
                                       group.get(NEWT_KEY, {}), where=f"{where}['newt']")
+        stray = sorted(k for k in set(group) & set(OPTION_NAMES) if k not in self.inner.defaults)
+        if stray:
+            warnings.warn(
+                f"{where} has {stray} at the top level, where newt does not read them (the "
+                f"inner optimizer's keys are its own); newt's per-group options go under the "
+                f"group's 'newt' key, e.g. {{'params': ..., 'newt': {{{stray[0]!r}: ...}}}}",
+                UserWarning, stacklevel=4,
+            )
         merged = {**self.inner.defaults, **group}
         if merged.get("maximize", False):
             raise RuntimeError(f"{where}: maximize=True inner optimizers are not supported; "

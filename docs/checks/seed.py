@@ -86,8 +86,8 @@ print(f"two groups (lr 1e-2 and 1.0), 24 steps: Newt α {alphas_a[0]:.6g}, {alph
       f"preset='seed' α {alphas_b[0]:.6g}, {alphas_b[1]:.6g}; parameters bitwise equal: {same}")
 
 # A NaN gradient at the second of four steps, Adam inside: under Newt the user's
-# optimizer.step() still runs the inner step (newt restores θ_t, but Adam's moments take the
-# NaN); under preset="seed" the inner step is skipped.
+# optimizer.step() still runs, but newt clears the gradients first so it skips every
+# parameter; under preset="seed" the inner step is skipped. Both keep Adam's moments finite.
 torch.manual_seed(0)
 X4, Y4 = torch.randn(64, 4), torch.randn(64, 1)
 for api in ("Newt", "NewtOptimizer"):
