@@ -42,9 +42,9 @@ from newt import distributed as D
 from newt import functional as F
 from newt import lookahead as _lookahead
 from newt import rule
-from newt.options import NewtOptions
+from newt.options import OPTION_NAMES, NewtOptions
 from newt.rule import Outcome, Probe, Safeguard
-from newt.state import FORMAT_VERSION, GroupState
+from newt.state import FORMAT_VERSION, GroupState, check_shapes
 
 __all__ = ["NewtOptimizer", "NewtStats"]
 
@@ -248,6 +248,14 @@ class NewtOptimizer(Optimizer):
         """Check a group (newt's options and its lr) before newt accepts it."""
         options = NewtOptions.resolve("default", self._options.as_dict(),
                                       group.get(NEWT_KEY, {}), where=f"{where}['newt']")
+        stray = sorted(k for k in set(group) & set(OPTION_NAMES) if k not in self.inner.defaults)
+        if stray:
+            warnings.warn(
+                f"{where} has {stray} at the top level, where newt does not read them (the "
+                f"inner optimizer's keys are its own); newt's per-group options go under the "
+                f"group's 'newt' key, e.g. {{'params': ..., 'newt': {{{stray[0]!r}: ...}}}}",
+                UserWarning, stacklevel=4,
+            )
         merged = {**self.inner.defaults, **group}
         if merged.get("maximize", False):
             raise RuntimeError(f"{where}: maximize=True inner optimizers are not supported; "
@@ -437,7 +445,7 @@ class NewtOptimizer(Optimizer):
                 "the model weights with a new NewtOptimizer, or load only the inner "
                 "optimizer's state with opt.inner.load_state_dict(state_dict['inner'])"
             )
-        self._check_shapes(state_dict)
+        check_shapes(state_dict, self.param_groups)
         lrs = [g["lr"] for g in self.param_groups]
         self.inner.load_state_dict(state_dict["inner"])
         super().load_state_dict({k: v for k, v in state_dict.items()
@@ -454,34 +462,6 @@ class NewtOptimizer(Optimizer):
             self._states.append(None if entry is None else
                                 GroupState.from_dict(entry, device, f"param_groups[{i}]"))
         self._reuse = None
-
-    def _check_shapes(self, state_dict: dict[str, Any]) -> None:
-        groups = state_dict.get("param_groups", [])
-        if len(groups) != len(self.param_groups):
-            raise ValueError(
-                f"NewtOptimizer.load_state_dict: the state_dict has {len(groups)} parameter "
-                f"group(s), this optimizer {len(self.param_groups)}"
-            )
-        inner_state = state_dict["inner"].get("state", {})
-        for gi, (saved, group) in enumerate(zip(groups, self.param_groups, strict=True)):
-            if len(saved["params"]) != len(group["params"]):
-                raise ValueError(
-                    f"NewtOptimizer.load_state_dict: param_groups[{gi}] has "
-                    f"{len(saved['params'])} parameters in the state_dict, "
-                    f"{len(group['params'])} here"
-                )
-            for pi, (key, p) in enumerate(zip(saved["params"], group["params"], strict=True)):
-                for where, entry in (("newt", state_dict.get("state", {}).get(key, {})),
-                                     ("inner", inner_state.get(key, {}))):
-                    for name, value in entry.items():
-                        if (isinstance(value, Tensor) and value.dim() > 0
-                                and value.numel() == p.numel() and value.shape != p.shape):
-                            raise ValueError(
-                                f"NewtOptimizer.load_state_dict: param_groups[{gi}] parameter "
-                                f"{pi}: the saved {where} state {name!r} has shape "
-                                f"{tuple(value.shape)} but the parameter has "
-                                f"{tuple(p.shape)}; the checkpoint is from another model"
-                            )
 
     # ------------------------------------------------------------------ inspection
     def last_stats(self) -> list[NewtStats | None]:

@@ -19,7 +19,7 @@ from torch import Tensor
 from newt import rule
 from newt.rule import Decision, RuleState, Safeguard
 
-__all__ = ["FORMAT_VERSION", "GroupState", "Record"]
+__all__ = ["FORMAT_VERSION", "GroupState", "Record", "check_shapes"]
 
 FORMAT_VERSION = 2
 """The ``state_dict`` format of newt ≥ 0.2 (0.1.0 kept string keys in the group dicts)."""
@@ -45,6 +45,9 @@ class Record(NamedTuple):
         """This record, replaced by ``decision`` where the decision is to be reported."""
         new = Record(decision.used_alpha, decision.lookahead_slope, decision.curvature,
                      decision.loss, decision.lookahead_loss, decision.safeguard)
+        if decision.report.device.type == "cpu":  # a CPU read is free: no select needed
+            return Record(*(n.to(o.dtype) for n, o in zip(new, self, strict=True))) if bool(
+                decision.report) else self
         return Record(*(torch.where(decision.report, n.to(o.dtype), o)
                         for n, o in zip(new, self, strict=True)))
 
@@ -88,3 +91,36 @@ class GroupState:
         alpha = state.get("alpha")
         return cls(rule=rule_state, record=record,
                    alpha=None if alpha is None else alpha.to(device))
+
+
+def check_shapes(state_dict: dict[str, Any], param_groups: list[dict[str, Any]]) -> None:
+    """Refuse a `newt.NewtOptimizer` state_dict whose groups or tensors do not fit
+    ``param_groups`` (a checkpoint of another model), naming the group and parameter."""
+    groups = state_dict.get("param_groups", [])
+    if len(groups) != len(param_groups):
+        raise ValueError(
+            f"NewtOptimizer.load_state_dict: the state_dict has {len(groups)} parameter "
+            f"group(s), this optimizer {len(param_groups)}"
+        )
+    inner_state = state_dict["inner"].get("state", {})
+    for gi, (saved, group) in enumerate(zip(groups, param_groups, strict=True)):
+        if len(saved["params"]) != len(group["params"]):
+            raise ValueError(
+                f"NewtOptimizer.load_state_dict: param_groups[{gi}] has "
+                f"{len(saved['params'])} parameters in the state_dict, "
+                f"{len(group['params'])} here"
+            )
+        for pi, (key, p) in enumerate(zip(saved["params"], group["params"], strict=True)):
+            for where, entry in (("newt", state_dict.get("state", {}).get(key, {})),
+                                 ("inner", inner_state.get(key, {}))):
+                for name, value in entry.items():
+                    # newt's snapshot is θ_t itself; an inner state tensor with the
+                    # parameter's size is one of its moments (Adafactor's factors are not).
+                    if isinstance(value, Tensor) and value.shape != p.shape and (
+                            where == "newt" or (value.dim() > 0 and value.numel() == p.numel())):
+                        raise ValueError(
+                            f"NewtOptimizer.load_state_dict: param_groups[{gi}] parameter "
+                            f"{pi}: the saved {where} state {name!r} has shape "
+                            f"{tuple(value.shape)} but the parameter has "
+                            f"{tuple(p.shape)}; the checkpoint is from another model"
+                        )

@@ -525,7 +525,17 @@ def test_a_tiny_schedule_factor_holds_alpha():
     assert used[-1] == pytest.approx(1e-4 * opt.alphas[0], rel=1e-9)
 
 
-@pytest.mark.parametrize("schedule", ["linear_warmup", "cosine"])
+SCHEDULES = {
+    "linear_warmup": (torch.optim.lr_scheduler.LinearLR, {"start_factor": 0.25, "total_iters": 5}),
+    "cosine": (torch.optim.lr_scheduler.CosineAnnealingLR, {"T_max": 12, "eta_min": 0.005}),
+    "exponential": (torch.optim.lr_scheduler.ExponentialLR, {"gamma": 0.9}),  # chainable
+    "step": (torch.optim.lr_scheduler.StepLR, {"step_size": 3, "gamma": 0.5}),  # chainable
+    "lambda": (torch.optim.lr_scheduler.LambdaLR, {"lr_lambda": lambda t: 1 / (1 + t)}),
+    "onecycle": (torch.optim.lr_scheduler.OneCycleLR, {"max_lr": 0.2, "total_steps": 12}),
+}
+
+
+@pytest.mark.parametrize("schedule", list(SCHEDULES))
 def test_inner_lr_is_the_learned_alpha_times_the_schedule_factor(schedule):
     q = fixed_quadratic()
     inner = torch.optim.SGD([q.x], lr=0.05)
@@ -533,20 +543,18 @@ def test_inner_lr_is_the_learned_alpha_times_the_schedule_factor(schedule):
     # reject=False: every α the rule produces is used by the next inner step, so the
     # trace below can be matched step by step.
     opt = newt.NewtOptimizer(inner, reject=False)
-    if schedule == "linear_warmup":
-        sched = torch.optim.lr_scheduler.LinearLR(opt, start_factor=0.25, total_iters=5)
-    else:
-        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=12, eta_min=0.005)
+    kind, kwargs = SCHEDULES[schedule]
+    sched = kind(opt, **kwargs)
     # The same schedule on a plain optimizer: newt must not perturb it.
     ref_param = torch.nn.Parameter(torch.zeros(1))
     ref_opt = torch.optim.SGD([ref_param], lr=0.05)
-    ref = type(sched)(ref_opt, **(
-        {"start_factor": 0.25, "total_iters": 5} if schedule == "linear_warmup"
-        else {"T_max": 12, "eta_min": 0.005}))
+    ref = kind(ref_opt, **kwargs)
+    initial = opt.param_groups[0]["initial_lr"]
     closure = q.closure(opt)
     factors, alphas = [], []
     for _ in range(10):
-        factors.append(opt.param_groups[0]["lr"] / 0.05)
+        factors.append(opt.param_groups[0]["lr"] / initial)
+        assert opt.step_sizes[0] == pytest.approx(opt.alphas[0] * factors[-1], rel=1e-12)
         assert opt.param_groups[0]["lr"] == pytest.approx(ref_opt.param_groups[0]["lr"], rel=1e-12)
         opt.step(closure)
         alphas.append(opt.last_stats()[0].alpha)
@@ -557,8 +565,8 @@ def test_inner_lr_is_the_learned_alpha_times_the_schedule_factor(schedule):
     # The α the inner step used is the learned α (reported before or after that step).
     for t in range(1, 10):
         assert any(learned[t] == pytest.approx(a, rel=1e-9) for a in alphas[t - 1:t + 1]), t
-    assert learned[0] == pytest.approx(0.05)
-    assert max(learned) > 2 * 0.05  # learned, not erased by the schedule
+    assert learned[0] == pytest.approx(initial)
+    assert max(learned) > 1.5 * initial  # learned, not erased by the schedule
 
 
 def _overshooting_sgd(**options):
