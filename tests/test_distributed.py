@@ -94,6 +94,15 @@ def test_process_group_argument_checks():
     nd.check_sharded_without_group([torch.zeros(1)], None)  # no job: nothing to check
 
 
+@needs_core_v2
+def test_newt_process_group_argument_is_checked():
+    w_ = torch.nn.Parameter(torch.zeros(2))
+    with pytest.raises(TypeError, match=r"process_group=.*ProcessGroup"):
+        newt.NewtOptimizer(torch.optim.SGD([w_], lr=0.1), process_group="world")
+    opt = newt.NewtOptimizer(torch.optim.SGD([w_], lr=0.1), process_group=None)
+    assert opt.process_group is None
+
+
 def test_an_empty_local_shard_counts_as_finite():
     from newt import functional as F
 
