@@ -234,6 +234,15 @@ def all_reduce_sum(tensor: Tensor, process_group: dist.ProcessGroup | None) -> T
     return tensor
 
 
+def _collective_device(process_group: dist.ProcessGroup | None,
+                       values: Sequence[Tensor]) -> torch.device:
+    """Where to pack a phase: NCCL reduces CUDA tensors only; otherwise the inputs' device
+    (CPU when a rank has nothing to contribute, which gloo accepts)."""
+    if world_size(process_group) > 1 and dist.get_backend(process_group) == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return values[0].device if values else torch.device("cpu")
+
+
 def reduce_phase(
     sums: Sequence[Tensor] = (),
     means: Sequence[Tensor] = (),
@@ -256,16 +265,17 @@ def reduce_phase(
 
     Returns:
         ``(sums, means, flags)``: a float64 vector of the sums, one of the
-        means and a bool vector of the flags, on the device of the inputs.
+        means and a bool vector of the flags, on the device of the first input
+        (the current CUDA device with NCCL).
     """
     values = [*sums, *means, *all_true]
-    device = values[0].device if values else torch.device("cpu")
+    device = _collective_device(process_group, values)
     packed = torch.stack([
         *(torch.as_tensor(x, device=device).to(torch.float64).reshape(()) for x in sums),
         *(torch.as_tensor(x, device=device).to(torch.float64).reshape(()) for x in means),
         *((~torch.as_tensor(x, device=device).to(torch.bool)).to(torch.float64).reshape(())
           for x in all_true),
-    ]) if values else torch.zeros(0, dtype=torch.float64)
+    ]) if values else torch.zeros(0, dtype=torch.float64, device=device)
     all_reduce_sum(packed, process_group)
     n_sum, n_mean = len(sums), len(means)
     mean = packed[n_sum:n_sum + n_mean] / world_size(process_group)

@@ -693,7 +693,7 @@ class NewtOptimizer(Optimizer):
                                             process_group=self.process_group)
             progress.slopes = self._reduce(progress.slopes, sums[:n])
             lookahead_slopes = self._reduce(lookahead_slopes, sums[n:])
-            lookahead_loss = means[0].to(lookahead_loss.dtype)
+            lookahead_loss = means[0].to(lookahead_loss.device, lookahead_loss.dtype)
         self._last_lookahead_loss = lookahead_loss
         return bool(self._judge(progress.active, progress.slopes, lookahead_slopes,
                                 loss.detach().reshape(()), lookahead_loss))
@@ -743,7 +743,8 @@ class NewtOptimizer(Optimizer):
         ``reuse_lookahead``), or without (after the user's ``backward()``).
 
         Returns:
-            The loss at $\theta_t$ returned by the closure (detached), or ``None``.
+            The loss at $\theta_t$ returned by the closure (detached; averaged over the
+            ranks when a ``process_group`` is given), or ``None``.
         """
         if closure is None:
             self._reuse = None
