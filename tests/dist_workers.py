@@ -187,7 +187,8 @@ def newt_modes(rank: int, world_size: int, wrap: str, modes: list[str]) -> dict[
 
 
 # A model cut by features: rank r holds w[r·4:(r+1)·4] (marked as a shard), the bias is
-# replicated, and a third group w2 is used on rank 0 only (no gradient on rank 1).
+# replicated, and a third group w2 is used on rank 0 only (no gradient on rank 1); at
+# POISON_STEP only rank 1's shard has a NaN gradient, so both ranks must skip that step.
 def _sharded_linear_parts(rank: int, world_size: int):
     gen = torch.Generator().manual_seed(3)
     w = torch.randn(8, 1, generator=gen, dtype=torch.float64) * 0.3
@@ -197,6 +198,10 @@ def _sharded_linear_parts(rank: int, world_size: int):
     bias = torch.nn.Parameter(torch.zeros(1, dtype=torch.float64))
     local_w2 = torch.nn.Parameter(w2.clone())
     return local_w, bias, local_w2, per
+
+
+POISON_STEP = 10
+"""At this step rank 1's shard of the feature-sharded model gets a NaN gradient."""
 
 
 def manual_shard_train(rank: int, world_size: int, mode: str, empty_group: bool = True,
@@ -230,10 +235,16 @@ def manual_shard_train(rank: int, world_size: int, mode: str, empty_group: bool 
         lo = (t * BATCH) % x_all.shape[0]
         x, y = x_all[lo:lo + BATCH], torch.sin(x_all[lo:lo + BATCH, :1] * 2)
 
-        def closure(x=x, y=y) -> torch.Tensor:
+        def closure(x=x, y=y, t=t) -> torch.Tensor:
             opt.zero_grad()
             loss = torch.nn.functional.mse_loss(forward(x), y)
             loss.backward()
+            if t == POISON_STEP and local_w.grad is not None:  # NaN in rank 1's shard only
+                with torch.no_grad():
+                    if world_size > 1 and rank == 1:
+                        local_w.grad.fill_(float("nan"))
+                    elif world_size == 1:
+                        local_w.grad[8 // 2:] = float("nan")
             return loss
 
         if mode == "closure_free":

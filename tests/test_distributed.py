@@ -143,9 +143,14 @@ def test_fsdp2_newt_ranks_agree_and_match_one_process(runs, single_runs, mode):
 
 @needs_core_v2
 @pytest.mark.parametrize("mode", w.SHARD_MODES)
-def test_manual_shard_with_an_empty_group_on_one_rank(runs, mode):
+def test_manual_shard_with_an_empty_group_and_a_nan_on_one_rank(runs, mode):
     single = w.manual_shard_train(0, 1, mode)
-    _assert_identical_and_single([r["manual"][mode] for r in runs], single)
+    ranks = [r["manual"][mode] for r in runs]
+    _assert_identical_and_single(ranks, single)
+    # The NaN was in rank 1's gradient only; on both ranks the step was skipped and the
+    # sharded group's α kept (the other groups' gradients were finite).
+    t = w.POISON_STEP
+    assert ranks[0]["alphas"][t][0] == ranks[0]["alphas"][t - 1][0]
 
 
 @needs_core_v2
