@@ -94,6 +94,16 @@ def test_process_group_argument_checks():
     nd.check_sharded_without_group([torch.zeros(1)], None)  # no job: nothing to check
 
 
+def test_sharding_marks_and_weights_in_one_process():
+    plain, marked = torch.zeros(3), torch.zeros(3)
+    nd.mark_sharded(marked)
+    assert not nd.is_sharded(plain) and nd.is_sharded(marked)
+    assert nd.local_tensor(plain) is plain
+    assert nd.reduction_weight(marked, None) == 1.0  # no group: every weight is 1
+    with pytest.raises(TypeError, match="mark_sharded"):
+        nd.mark_sharded([plain, 3])
+
+
 @needs_core_v2
 def test_newt_process_group_argument_is_checked():
     w_ = torch.nn.Parameter(torch.zeros(2))
