@@ -380,7 +380,7 @@ class NewtOptimizer(Optimizer):
         """The learned α of each group, on the unscheduled scale."""
         out = []
         for i, group in enumerate(self.param_groups):
-            state = self._states[i] if i < len(self._states) else None
+            state = self._state_of(i)
             if self._scheduled(group):
                 alpha = state.alpha if state is not None and state.alpha is not None else \
                     group["initial_lr"]
@@ -400,7 +400,7 @@ class NewtOptimizer(Optimizer):
         """One inner step; where a scheduler is attached, with lr = α · s."""
         saved: list[tuple[dict[str, Any], Any]] = []
         for i, group in enumerate(self.param_groups):
-            state = self._states[i] if i < len(self._states) else None
+            state = self._state_of(i)
             if not self._scheduled(group) or state is None or state.alpha is None:
                 continue
             lr = group["lr"]
@@ -426,7 +426,7 @@ class NewtOptimizer(Optimizer):
         state = super().state_dict()
         state["inner"] = self.inner.state_dict()
         state[NEWT_KEY] = {"version": FORMAT_VERSION,
-                           "groups": [self._state_of(i) and self._state_of(i).to_dict()
+                           "groups": [None if (s := self._state_of(i)) is None else s.to_dict()
                                       for i in range(len(self.param_groups))]}
         return state
 
@@ -472,7 +472,7 @@ class NewtOptimizer(Optimizer):
         """
         out: list[NewtStats | None] = []
         for i, (alpha, step_size) in enumerate(zip(self.alphas, self.step_sizes, strict=True)):
-            state = self._states[i] if i < len(self._states) else None
+            state = self._state_of(i)
             if state is None:
                 out.append(None)
                 continue
