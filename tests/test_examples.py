@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import importlib.util
+import inspect
 import os
+import socket
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
 
 import pytest
+
+import newt
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples"
@@ -33,7 +37,7 @@ def _needs(*modules: str) -> None:
 
 
 def test_every_example_is_listed():
-    assert set(ALL) == {*OFFLINE, "lightning_closure.py", "mnist_torchvision.py"}
+    assert set(ALL) == {*OFFLINE, "lightning_closure.py", "mnist_torchvision.py", "ddp.py"}
 
 
 @pytest.mark.parametrize("script", ALL)
@@ -142,3 +146,22 @@ def test_mnist_example_explains_a_missing_torchvision(tmp_path):
     result = _run("mnist_torchvision.py", "--out", str(tmp_path / "f.png"), extra_path=blocker)
     assert result.returncode == 1
     assert "pip install torchvision" in result.stderr
+
+
+@pytest.mark.skipif("process_group" not in inspect.signature(newt.NewtOptimizer).parameters,
+                    reason="NewtOptimizer(process_group=...) arrives with the core v2")
+def test_ddp_example_runs_under_torchrun_on_two_gloo_processes(tmp_path):
+    _needs("sklearn", "matplotlib")
+    out = tmp_path / "alpha.png"
+    env = dict(os.environ, MPLBACKEND="Agg", OMP_NUM_THREADS="1",
+               PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
+    if "lo" in [name for _, name in socket.if_nameindex()]:
+        env["GLOO_SOCKET_IFNAME"] = "lo"  # loopback only
+    result = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+         str(EXAMPLES / "ddp.py"), "--quick", "--out", str(out)],
+        capture_output=True, text=True, timeout=180, env=env, cwd=ROOT, check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "ranks agree: True" in result.stdout
+    assert result.stdout.count("rank 1: α") == 1
+    assert out.read_bytes()[:8] == PNG_MAGIC
