@@ -80,6 +80,18 @@ class NewtStats:
     step: int
 
 
+def _momentum(group: dict[str, Any]) -> float:
+    """β₁ of the inner optimizer's group (``betas[0]``, else ``momentum``, else 0): the one
+    inner key newt reads, for ``controller="gated"`` only (its slope shift is τ₀(1 − β₁))."""
+    betas = group.get("betas")
+    if isinstance(betas, (tuple, list)) and betas:
+        return float(betas[0])
+    momentum = group.get("momentum")
+    if isinstance(momentum, (numbers.Real, Tensor)) and not isinstance(momentum, bool):
+        return float(momentum)
+    return 0.0
+
+
 @dataclass
 class _Active:
     """One group as a step sees it: the parameters it moves and what newt keeps of them."""
@@ -176,6 +188,13 @@ class NewtOptimizer(Optimizer):
         backoff (float): cap on the factor when the lookahead loss rose.
         nonconvex_factor (float): factor when the curvature is not positive.
         nonfinite_factor (float): factor after a non-finite step, which is undone.
+        controller (str): `"newton"` (the rule above, the default) or `"gated"`
+            (opt-in: the significance-gated controller of `docs/design/alpha.md`,
+            section 4: α starts at min(lr, 1e-6), doubles while the fresh slope stays
+            above half the step's own, then follows an averaged Newton factor on a
+            slope shifted by 0.2(1 − β₁), changed only when significant; it reads the
+            inner group's `betas[0]` or `momentum` as β₁). The Newton rule's other
+            options do not apply to it, except `reject`.
 
     Examples:
         >>> import torch, newt
@@ -522,7 +541,7 @@ class NewtOptimizer(Optimizer):
             if not params:
                 continue
             if self._states[index] is None:
-                self._states[index] = GroupState.new(params[0].device)
+                self._states[index] = GroupState.new(params[0].device, options.controller)
             state = self._states[index]
             assert state is not None
             weights = [D.reduction_weight(p, self.process_group) for p in sources]
@@ -558,7 +577,8 @@ class NewtOptimizer(Optimizer):
         group = self.param_groups[index]
         if self._states[index] is None:
             device = group["params"][0].device if group["params"] else torch.device("cpu")
-            self._states[index] = GroupState.new(device)
+            self._states[index] = GroupState.new(
+                device, self._group_options(index, group).controller)
         state = self._states[index]
         assert state is not None
         return _Active(index, group, self._group_options(index, group), state, [], [], [], [])
@@ -635,8 +655,9 @@ class NewtOptimizer(Optimizer):
             active, [self._inner_product(a, a.grads(), refresh=True) for a in active])
         for a, fresh in zip(active, probes, strict=True):
             alpha = self._alpha(a.group, a.state, fresh.device)
+            momentum = _momentum(a.group) if a.options.controller == "gated" else 0.0
             a.state.rule, decision = rule.before_step(
-                a.state.rule, Probe(fresh, torch.isfinite(fresh)), alpha, a.options)
+                a.state.rule, Probe(fresh, torch.isfinite(fresh), momentum), alpha, a.options)
             self._carry_out(a, decision)
             take = take & decision.accept.cpu()
         taken = bool(take)  # a CPU flag

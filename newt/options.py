@@ -27,8 +27,11 @@ __all__ = ["OPTION_NAMES", "NewtOptions"]
 Curvature = Literal["gradient", "loss"]
 Slope = Literal["next_batch", "same_batch"]
 Update = Literal["log", "exp", "linear"]
+Controller = Literal["newton", "gated"]
 
 _CHOICES: dict[str, dict[str, str]] = {
+    "controller": {"newton": "the damped Newton rule (the default)",
+                   "gated": "the significance-gated controller of docs/design/alpha.md"},
     "curvature": {"gradient": "gradient difference", "loss": "loss difference"},
     "slope": {"next_batch": "lookahead slope from the next batch",
               "same_batch": "the seed's same-batch slope"},
@@ -58,6 +61,7 @@ class NewtOptions:
     backoff: float
     nonconvex_factor: float
     nonfinite_factor: float
+    controller: Controller = "newton"
 
     def as_dict(self) -> dict[str, Any]:
         """The options as a plain dict (what a group's ``"newt"`` entry holds)."""

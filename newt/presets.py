@@ -30,6 +30,7 @@ DEFAULT: MappingProxyType[str, Any] = MappingProxyType(
         "backoff": 0.5,
         "nonconvex_factor": 1.25,
         "nonfinite_factor": 0.1,
+        "controller": "newton",
     }
 )
 
@@ -48,6 +49,7 @@ SEED: MappingProxyType[str, Any] = MappingProxyType(
         "backoff": 0.1,
         "nonconvex_factor": 1.0,
         "nonfinite_factor": 0.1,
+        "controller": "newton",
     }
 )
 

@@ -39,6 +39,7 @@ from newt.options import NewtOptions
 __all__ = [
     "Curvature",
     "Decision",
+    "GatedState",
     "Outcome",
     "Probe",
     "RuleState",
@@ -48,9 +49,14 @@ __all__ = [
     "after_step",
     "before_step",
     "curvature_estimate",
+    "gated_after_step",
+    "gated_before_step",
+    "gated_init",
     "gradient_difference",
     "init",
     "loss_difference",
+    "newton_after_step",
+    "newton_before_step",
     "newton_update",
     "update_lr",
 ]
@@ -81,7 +87,13 @@ class Safeguard(enum.IntEnum):
     FIRST_STEP = 7
     """No lookahead to use yet (the first step): α kept."""
     SKIPPED = 8
-    """The gradient at θ_t was not finite: the step was skipped; α and the parameters kept."""
+    """The gradient at θ_t was not finite: the step was skipped; the parameters kept (α kept
+    by the Newton controller, divided by 10 by the gated one)."""
+    GROWTH = 9
+    """``controller="gated"``, phase 1: the fresh slope was still above half the step's own
+    slope, α was doubled."""
+    GATED = 10
+    """``controller="gated"``: the averaged Newton factor was not significant; α kept."""
 
 
 class StepSizeUpdate(NamedTuple):
@@ -316,6 +328,9 @@ class Probe(NamedTuple):
     """B = ⟨∇L_{batch t}(θ_t), d_{t−1}⟩ (meaningful only while a step is pending)."""
     gradient_finite: Tensor
     """bool: the gradient at θ_t has no NaN/inf."""
+    momentum: float = 0.0
+    """β₁ of the inner optimizer (``betas[0]`` or ``momentum``; 0 if none), read by the
+    optimizer for ``controller="gated"`` only."""
 
 
 class Outcome(NamedTuple):
@@ -381,8 +396,35 @@ def init(device: torch.device) -> RuleState:
                      updates=torch.zeros((), dtype=torch.int64, device=device))
 
 
-def before_step(state: RuleState, probe: Probe, alpha: Tensor,
-                options: NewtOptions) -> tuple[RuleState, Decision]:
+def before_step(state: RuleState | GatedState, probe: Probe, alpha: Tensor,
+                options: NewtOptions) -> tuple[RuleState | GatedState, Decision]:
+    """At θ_t: α_t and whether to step, by the group's ``controller`` (`newton_before_step`
+    or `gated_before_step`). A state of the other controller (the option was changed
+    mid-run) is replaced by a fresh one."""
+    if options.controller == "gated":
+        if not isinstance(state, GatedState):
+            state = gated_init(state.slope.device)
+        return gated_before_step(state, probe, alpha, options)
+    if not isinstance(state, RuleState):
+        state = init(state.slope.device)
+    return newton_before_step(state, probe, alpha, options)
+
+
+def after_step(state: RuleState | GatedState, outcome: Outcome, alpha: Tensor,
+               options: NewtOptions) -> tuple[RuleState | GatedState, Decision]:
+    """After the inner step: keep or undo it, by the group's ``controller``
+    (`newton_after_step` or `gated_after_step`)."""
+    if options.controller == "gated":
+        if not isinstance(state, GatedState):
+            state = gated_init(state.slope.device)
+        return gated_after_step(state, outcome, alpha, options)
+    if not isinstance(state, RuleState):
+        state = init(state.slope.device)
+    return newton_after_step(state, outcome, alpha, options)
+
+
+def newton_before_step(state: RuleState, probe: Probe, alpha: Tensor,
+                       options: NewtOptions) -> tuple[RuleState, Decision]:
     r"""At $\theta_t$: the Newton update of the pending step, and whether to step.
 
     With the pending step's $A$, its curvature $C$ (same-batch, or
@@ -410,8 +452,8 @@ def before_step(state: RuleState, probe: Probe, alpha: Tensor,
     return state._replace(pending=false, updates=state.updates + updated.long()), decision
 
 
-def after_step(state: RuleState, outcome: Outcome, alpha: Tensor,
-               options: NewtOptions) -> tuple[RuleState, Decision]:
+def newton_after_step(state: RuleState, outcome: Outcome, alpha: Tensor,
+                      options: NewtOptions) -> tuple[RuleState, Decision]:
     r"""After the inner step $d_t$: keep or undo it, and α after it.
 
     - A non-finite $A$, lookahead slope or lookahead loss: undo, α × `nonfinite_factor`.
@@ -473,3 +515,222 @@ def after_step(state: RuleState, outcome: Outcome, alpha: Tensor,
     return new_state, Decision(
         alpha=new_alpha, accept=accept, safeguard=safeguard, report=~accept, used_alpha=alpha,
         lookahead_slope=B, curvature=C, loss=L0, lookahead_loss=L1)
+
+
+# ------------------------------------------------------------------ the gated controller
+# ``controller="gated"``: the recommended controller of docs/design/alpha.md (section 4),
+# the same function as ``REC`` of benchmarks/ablations/alpha_controller.py over tensors.
+# Its constants are its own: the Newton rule's options (gamma, factor_*, lr_*, backoff,
+# eps, update, curvature, slope, nonconvex_factor, nonfinite_factor) do not apply; only
+# ``reject`` is read (False: closure mode never undoes a step).
+
+GATED_START = 1e-6
+"""The first α is min(α₀, GATED_START)."""
+GATED_GROWTH = 2.0
+"""Phase 1: α × GATED_GROWTH per step while ρ = B / A > GATED_RHO_STOP."""
+GATED_RHO_STOP = 0.5
+GATED_BETA = 0.9
+"""The EMAs' coefficient."""
+GATED_TAU = 0.2
+"""τ₀: the shift of the slope is τ₀ (1 − β₁) times the step's own slope."""
+GATED_K_DOWN = 3.0
+GATED_K_UP = 2.0
+GATED_FACTOR_MIN, GATED_FACTOR_MAX = 0.5, 4.0
+GATED_GAMMA = 0.5
+GATED_DECREASE = 0.8
+"""At most × GATED_DECREASE per step downwards."""
+GATED_RATCHET = 0.9
+GATED_FLOOR = 0.3
+GATED_STREAK = 3
+GATED_STREAK_FACTOR = 0.9
+GATED_LR_MIN, GATED_LR_MAX = 1e-10, 100.0
+GATED_NONFINITE = 0.1
+
+
+class GatedState(NamedTuple):
+    """The gated controller's state for one group (0-d tensors; floats are float64)."""
+
+    pending: Tensor
+    """bool: a kept step awaits the slope of a fresh batch along its displacement."""
+    slope: Tensor
+    """A = ⟨∇L(θ_t), d_t⟩ of the pending step, on its own batch."""
+    step: Tensor
+    """η = α·s, the step size the pending step was taken with."""
+    started: Tensor
+    """bool: the first α was set to min(α₀, 1e-6)."""
+    phase: Tensor
+    """int64: 1 (doubling) or 2 (gated Newton factor)."""
+    cap: Tensor
+    """The ratchet's cap on growth (+inf until a significant decrease or an undo streak)."""
+    peak: Tensor
+    """The largest α of phase 2 (the floor is 0.3 × it)."""
+    streak: Tensor
+    """int64: consecutive undone steps (closure mode)."""
+    mean_b: Tensor
+    """EMA of b = B/η."""
+    mean_b2: Tensor
+    """EMA of b²."""
+    mean_a: Tensor
+    """EMA of a = A/η."""
+    mean_c: Tensor
+    """EMA of c = (A − B)/η²."""
+    count: Tensor
+    """int64: the number of EMA updates (for the bias correction 1 − β^n)."""
+    updates: Tensor
+    """int64: how many updates (phase 1 or 2) α has had."""
+
+
+def gated_init(device: torch.device) -> GatedState:
+    """The gated controller's state before the first step."""
+    false = torch.zeros((), dtype=torch.bool, device=device)
+    zero = torch.zeros((), dtype=torch.float64, device=device)
+    izero = torch.zeros((), dtype=torch.int64, device=device)
+    nan = torch.full((), float("nan"), dtype=torch.float64, device=device)
+    return GatedState(pending=false, slope=nan, step=nan, started=false,
+                      phase=torch.ones((), dtype=torch.int64, device=device),
+                      cap=torch.full((), float("inf"), dtype=torch.float64, device=device),
+                      peak=zero, streak=izero, mean_b=zero, mean_b2=zero, mean_a=zero,
+                      mean_c=zero, count=izero, updates=izero)
+
+
+def gated_before_step(state: GatedState, probe: Probe, alpha: Tensor,
+                      options: NewtOptions) -> tuple[GatedState, Decision]:
+    r"""The gated controller at $\theta_t$ (docs/design/alpha.md, section 4).
+
+    The first call sets $\alpha \leftarrow \min(\alpha_0, 10^{-6})$. With a
+    pending step ($A$, its step $\eta = \alpha s$) and the fresh slope $B$:
+
+    - phase 1: $\alpha \leftarrow 2\alpha$ while $\rho = B/A > \tfrac12$;
+      then phase 2 for good;
+    - phase 2: bias-corrected EMAs (β = 0.9) of $b = B/\eta$, $b^2$,
+      $a = A/\eta$, $c = (A - B)/\eta^2$; the s.d. of the average
+      $\mathrm{sd} = \sqrt{\max(\overline{b^2} - \bar b^2, 0)(1-\beta)/(1+\beta)}$;
+      the shifted slope $\tilde b = \bar b + \tau_0 (1 - \beta_1)\,\bar a$; the factor
+      $f = \operatorname{clamp}(1 + \tilde b/(\eta \bar c), \tfrac12, 4)$ (4 if
+      $\bar c \le 0$), set to 1 unless significant (a decrease needs
+      $\tilde b < -3\,\mathrm{sd}$, an increase $\tilde b > 2\,\mathrm{sd}$), a decrease
+      at most ×0.8; $\alpha' = \operatorname{clamp}(\alpha f^{1/2}, 10^{-10}, 100)$;
+      a decrease sets the cap $\min(\text{cap}, 0.9\alpha)$, an increase stops at
+      $\max(\text{cap}, \alpha)$; α never falls below 0.3 × the phase-2 peak.
+
+    A non-finite gradient skips the step, divides α by 10 and ends phase 1.
+    """
+    dt = torch.float64
+    a0 = alpha.to(dt)
+    a = torch.where(state.started, a0, torch.clamp(a0, max=GATED_START))
+    B = probe.fresh_slope.to(dt)
+    finite = probe.gradient_finite & (torch.isfinite(B) | ~state.pending)
+    A, eta = state.slope, state.step
+    one = torch.ones((), dtype=dt, device=A.device)
+    usable = (state.pending & finite & torch.isfinite(A) & (A != 0)
+              & torch.isfinite(eta) & (eta > 0))
+    safe_A = torch.where(usable, A, one)
+    safe_eta = torch.where(usable, eta, one)
+    grow = usable & (state.phase == 1) & (B / safe_A > GATED_RHO_STOP)
+    newton = usable & ~grow
+
+    # phase 2: the scale-free values of the pending step, averaged
+    beta = GATED_BETA
+    b, aa, c = B / safe_eta, A / safe_eta, (A - B) / safe_eta**2
+    mean_b = beta * state.mean_b + (1 - beta) * b
+    mean_b2 = beta * state.mean_b2 + (1 - beta) * (b * b)
+    mean_a = beta * state.mean_a + (1 - beta) * aa
+    mean_c = beta * state.mean_c + (1 - beta) * c
+    count = state.count + 1
+    correction = 1 - torch.pow(torch.full_like(one, beta), count.to(dt))
+    bb, ab = mean_b / correction, mean_a / correction
+    cb, b2 = mean_c / correction, mean_b2 / correction
+    sd = torch.sqrt(torch.clamp(b2 - bb * bb, min=0.0) * ((1 - beta) / (1 + beta)))
+    shifted = bb + GATED_TAU * (1 - probe.momentum) * ab
+    positive = cb > 0
+    f = torch.where(positive, 1 + shifted / (safe_eta * torch.where(positive, cb, one)),
+                    GATED_FACTOR_MAX * one)
+    f = torch.clamp(f, GATED_FACTOR_MIN, GATED_FACTOR_MAX)
+    decrease = f < 1
+    f = torch.where(
+        decrease,
+        torch.where(shifted >= -GATED_K_DOWN * sd, one,
+                    torch.clamp(f, min=GATED_DECREASE ** (1 / GATED_GAMMA))),
+        torch.where(shifted <= GATED_K_UP * sd, one, f))
+    proposed = torch.clamp(a * torch.pow(f, GATED_GAMMA), GATED_LR_MIN, GATED_LR_MAX)
+    cap = torch.where(f < 1, torch.minimum(state.cap, GATED_RATCHET * a), state.cap)
+    proposed = torch.where(f > 1, torch.minimum(proposed, torch.maximum(cap, a)), proposed)
+    peak = torch.maximum(state.peak, a)
+    proposed = torch.maximum(proposed, GATED_FLOOR * peak)
+
+    new_alpha = torch.where(
+        ~finite, torch.clamp(a * GATED_NONFINITE, min=GATED_LR_MIN),
+        torch.where(grow, torch.clamp(a * GATED_GROWTH, max=GATED_LR_MAX),
+                    torch.where(newton, proposed, a)))
+    new_alpha = torch.where(a == 0, a, new_alpha)  # a frozen group stays frozen
+    phase = torch.where(newton | ~finite, torch.full_like(state.phase, 2), state.phase)
+    safeguard = torch.where(
+        ~finite, int(Safeguard.SKIPPED), torch.where(
+            grow, int(Safeguard.GROWTH), torch.where(
+                newton & (f == 1), int(Safeguard.GATED), torch.where(
+                    newton, int(Safeguard.NEWTON), int(Safeguard.FIRST_STEP)))))
+    nan = torch.full_like(one, float("nan"))
+    report = usable | ~finite
+    decision = Decision(
+        alpha=new_alpha.to(alpha.dtype), accept=finite, safeguard=safeguard, report=report,
+        used_alpha=a, lookahead_slope=torch.where(usable, B, nan),
+        curvature=torch.where(usable, A - B, nan), loss=nan, lookahead_loss=nan)
+    new_state = state._replace(
+        pending=torch.zeros_like(state.pending), started=torch.ones_like(state.started),
+        phase=phase, cap=torch.where(newton, cap, state.cap),
+        peak=torch.where(newton, peak, state.peak),
+        mean_b=torch.where(newton, mean_b, state.mean_b),
+        mean_b2=torch.where(newton, mean_b2, state.mean_b2),
+        mean_a=torch.where(newton, mean_a, state.mean_a),
+        mean_c=torch.where(newton, mean_c, state.mean_c),
+        count=torch.where(newton, count, state.count),
+        updates=state.updates + usable.long())
+    return new_state, decision
+
+
+def gated_after_step(state: GatedState, outcome: Outcome, alpha: Tensor,
+                     options: NewtOptions) -> tuple[GatedState, Decision]:
+    r"""The gated controller after the inner step $d_t$.
+
+    Records $A$ and $\eta = \alpha s$ of the step. Closure mode (with ``reject``): undo
+    $d_t$ iff the batch loss rose (with several groups, the group's trapezoid share
+    $(A + B)/2 < 0$), α unchanged, except from the 3rd consecutive undo on: then
+    cap ← min(cap, 0.9α) and α ← 0.9α. A non-finite $A$, lookahead slope or loss undoes
+    the step and divides α by 10 (phase 2).
+    """
+    dt = torch.float64
+    a = alpha.to(dt)
+    A = outcome.slope.to(dt)
+    nan = torch.full_like(A, float("nan"))
+    scale = outcome.scale.to(dt)
+    if outcome.lookahead_slope is None:
+        finite = torch.isfinite(A)
+        accept = finite
+        rejected = torch.zeros_like(finite)
+        B = L0 = L1 = nan
+    else:
+        assert outcome.loss is not None and outcome.lookahead_loss is not None
+        B = outcome.lookahead_slope.to(dt)
+        L0, L1 = outcome.loss.to(dt), outcome.lookahead_loss.to(dt)
+        finite = (torch.isfinite(A) & torch.isfinite(B) & torch.isfinite(L0)
+                  & torch.isfinite(L1))
+        increase = L1 > L0 if outcome.own_loss else A + B < 0
+        rejected = finite & increase & options.reject
+        accept = finite & ~rejected
+    streak = torch.where(rejected, state.streak + 1, torch.zeros_like(state.streak))
+    long = rejected & (streak >= GATED_STREAK)
+    cap = torch.where(long, torch.minimum(state.cap, GATED_RATCHET * a), state.cap)
+    new_alpha = torch.where(
+        ~finite, torch.clamp(a * GATED_NONFINITE, min=GATED_LR_MIN),
+        torch.where(long, torch.clamp(a * GATED_STREAK_FACTOR, min=GATED_LR_MIN), a))
+    new_alpha = torch.where(a == 0, a, new_alpha)
+    safeguard = torch.where(finite, int(Safeguard.LOSS_INCREASE), int(Safeguard.NONFINITE))
+    new_state = state._replace(
+        pending=accept, slope=A, step=a * scale, cap=cap, streak=streak,
+        phase=torch.where(finite, state.phase, torch.full_like(state.phase, 2)))
+    closure = outcome.lookahead_slope is not None
+    return new_state, Decision(
+        alpha=new_alpha.to(alpha.dtype), accept=accept,
+        safeguard=torch.full_like(state.updates, 0) + safeguard, report=~accept,
+        used_alpha=a, lookahead_slope=B, curvature=A - B if closure else nan, loss=L0,
+        lookahead_loss=L1)

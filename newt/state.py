@@ -1,6 +1,7 @@
 """newt's per-group state: a typed record, and its plain-dict form for ``state_dict``.
 
-A group's state is the controller's own state (`newt.rule.RuleState`), the
+A group's state is the controller's own state (`newt.rule.RuleState`, or
+`newt.rule.GatedState` with ``controller="gated"``), the
 learned α where an LR scheduler owns the group's ``lr``, and the record of
 the last decision that `newt.NewtOptimizer.last_stats` reports. It becomes
 a dict of tensors only in ``state_dict`` (loadable with
@@ -17,7 +18,7 @@ import torch
 from torch import Tensor
 
 from newt import rule
-from newt.rule import Decision, RuleState, Safeguard
+from newt.rule import Decision, GatedState, RuleState, Safeguard
 
 __all__ = ["FORMAT_VERSION", "GroupState", "Record", "check_shapes"]
 
@@ -56,7 +57,7 @@ class Record(NamedTuple):
 class GroupState:
     """Everything newt keeps for one parameter group besides the θ_t snapshots."""
 
-    rule: RuleState
+    rule: RuleState | GatedState
     """The controller's state."""
     record: Record
     """The last reported decision."""
@@ -64,8 +65,10 @@ class GroupState:
     """The learned α while an LR scheduler owns ``group["lr"]`` (else α is ``group["lr"]``)."""
 
     @classmethod
-    def new(cls, device: torch.device) -> GroupState:
-        return cls(rule=rule.init(device), record=Record.empty(device))
+    def new(cls, device: torch.device, controller: str = "newton") -> GroupState:
+        """The state before the first step of ``controller`` (``"newton"`` or ``"gated"``)."""
+        state = rule.gated_init(device) if controller == "gated" else rule.init(device)
+        return cls(rule=state, record=Record.empty(device))
 
     def to_dict(self) -> dict[str, Any]:
         """Plain tensors keyed by field name (for ``state_dict``)."""
@@ -81,7 +84,9 @@ class GroupState:
     def from_dict(cls, state: dict[str, Any], device: torch.device, where: str) -> GroupState:
         """Rebuild from `to_dict`'s output, on ``device``."""
         try:
-            rule_state = RuleState(**{k: state["rule"][k].to(device) for k in RuleState._fields})
+            kind = GatedState if "phase" in state["rule"] else RuleState
+            rule_state: RuleState | GatedState = kind(
+                **{k: state["rule"][k].to(device) for k in kind._fields})
             record = Record(**{k: state["record"][k].to(device) for k in Record._fields})
         except (KeyError, TypeError, AttributeError) as error:
             raise ValueError(

@@ -257,7 +257,7 @@ def test_result_dtype_is_promoted_from_lr_and_slopes():
 def test_safeguard_names_are_the_documented_ones():
     assert {s.name.lower() for s in Safeguard} == {
         "newton", "factor_clamp", "lr_clamp", "loss_increase", "nonpositive_curvature",
-        "no_information", "nonfinite", "first_step", "skipped",
+        "no_information", "nonfinite", "first_step", "skipped", "growth", "gated",
     }
 
 

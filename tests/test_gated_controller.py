@@ -1,0 +1,182 @@
+"""The opt-in gated α controller (``controller="gated"``, docs/design/alpha.md section 4).
+
+The oracle is the research harness's float implementation (``REC`` in
+``benchmarks/ablations/alpha_controller.py``): on the same problem, batches and inner
+optimizer, the core must take the same step sizes.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from collections.abc import Iterator
+
+import pytest
+import torch
+from torch import nn
+
+import newt
+from benchmarks.ablations import alpha_controller as ac
+from newt.problems import Problem
+
+DIM, HIDDEN, SAMPLES, BATCH = 6, 8, 256, 32
+
+
+def _problem() -> Problem:
+    """A small float64 tanh MLP regression with minibatches (noisy slopes, curvature)."""
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(SAMPLES, DIM, generator=gen, dtype=torch.float64)
+    y = torch.sin(x @ torch.randn(DIM, generator=gen, dtype=torch.float64)).unsqueeze(1)
+
+    def init(seed: int) -> nn.Module:
+        torch.manual_seed(seed)
+        return nn.Sequential(nn.Linear(DIM, HIDDEN), nn.Tanh(), nn.Linear(HIDDEN, 1)).double()
+
+    def loss(model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        return 0.5 * (model(batch[0]) - batch[1]).pow(2).mean()
+
+    def batches(seed: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        g = torch.Generator().manual_seed(seed)
+        while True:
+            order = torch.randperm(SAMPLES, generator=g)
+            for i in range(0, SAMPLES - BATCH + 1, BATCH):
+                yield x[order[i:i + BATCH]], y[order[i:i + BATCH]]
+
+    def train_loss(model: nn.Module) -> float:
+        with torch.no_grad():
+            return float(loss(model, (x, y)))
+
+    return Problem(name="tiny", init=init, loss=loss, batches=batches, train_loss=train_loss,
+                   stochastic=True, dtype=torch.float64)
+
+
+PROBLEM = _problem()
+INNERS = {"Adam": torch.optim.Adam, "SGD": torch.optim.SGD}
+
+
+def _core(inner: str, alpha0: float, *, closure: bool, steps: int, seed: int = 0,
+          stop: int | None = None, resume: dict | None = None):
+    """Run NewtOptimizer(controller="gated") as the harness's loop does; return the step
+    sizes the inner optimizer used, the model and the optimizer."""
+    model = PROBLEM.init(seed)
+    params = list(model.parameters())
+    opt = newt.NewtOptimizer(INNERS[inner](params, lr=alpha0), controller="gated")
+    used: list[float] = []
+    inner_step = opt.inner.step
+
+    def recording_step(*args, **kwargs):
+        used.append(float(opt.inner.param_groups[0]["lr"]))
+        return inner_step(*args, **kwargs)
+
+    opt.inner.step = recording_step  # type: ignore[method-assign]
+    batches = PROBLEM.batches(seed)
+    start = 0
+    if resume is not None:
+        model.load_state_dict(resume["model"])
+        opt.load_state_dict(resume["opt"])
+        start = resume["t"]
+        for _ in range(start):
+            next(batches)
+    for t in range(start, steps):
+        if stop is not None and t == stop:
+            return used, model, opt
+        batch = next(batches)
+
+        def evaluate(batch=batch):
+            opt.zero_grad()
+            loss = PROBLEM.loss(model, batch)
+            loss.backward()
+            return loss
+
+        if closure:
+            opt.step(evaluate)
+        else:
+            evaluate()
+            opt.step()
+    return used, model, opt
+
+
+def _harness(inner: str, alpha0: float, *, closure: bool, steps: int,
+             monkeypatch: pytest.MonkeyPatch) -> ac.RunOut:
+    monkeypatch.setattr(ac, "problem", lambda name: PROBLEM)
+    monkeypatch.setitem(ac.INNER, inner, INNERS[inner])
+    evals = 2 * steps if closure else steps
+    return ac.train("tiny", inner, ac.for_inner(ac.REC, inner), alpha0, closure=closure,
+                    evals=evals, seed=0)
+
+
+@pytest.mark.parametrize("closure", [False, True], ids=["free", "closure"])
+@pytest.mark.parametrize("inner", ["Adam", "SGD"])
+def test_matches_the_harness_float_implementation(inner, closure, monkeypatch):
+    steps = 150
+    alpha0 = 1e-2 if inner == "Adam" else 0.3
+    used, model, opt = _core(inner, alpha0, closure=closure, steps=steps)
+    ref = _harness(inner, alpha0, closure=closure, steps=steps, monkeypatch=monkeypatch)
+    # The harness lists α of every step (the inner step uses it); the core skips none here.
+    assert len(used) == len(ref.alphas) == steps
+    assert used == pytest.approx(ref.alphas, rel=1e-9, abs=0)
+    assert PROBLEM.train_loss(model) == pytest.approx(ref.loss, rel=1e-9)
+    # the run left phase 1 and was gated at least once (the test exercises phase 2)
+    state = opt._states[0].rule
+    assert int(state.phase) == 2 and int(state.count) > 10
+    assert max(used) > 10 * used[0]
+    if closure and inner == "Adam":
+        assert ref.rejects > 0  # the undo path is exercised too
+
+
+def test_starts_small_and_doubles_on_a_quadratic():
+    w = nn.Parameter(torch.ones(4, dtype=torch.float64))
+    h = torch.tensor([1.0, 2.0, 3.0, 4.0], dtype=torch.float64)
+    opt = newt.NewtOptimizer(torch.optim.SGD([w], lr=0.1), controller="gated")
+    alphas = []
+    for _ in range(8):
+        opt.zero_grad()
+        (0.5 * (h * w * w).sum()).backward()
+        opt.step()
+        alphas.append(opt.alphas[0])
+    assert alphas[0] == 1e-6  # min(α₀, 1e-6)
+    # ρ = B/A = 1 − α/α_line ≫ 1/2 while α ≪ 1/4: ×2 per step
+    assert alphas == pytest.approx([1e-6 * 2**k for k in range(8)], rel=1e-12)
+    assert [s.safeguard for s in opt.last_stats()] == ["growth"]
+    # a start below 1e-6 is kept
+    opt = newt.NewtOptimizer(torch.optim.SGD([w], lr=1e-8), controller="gated")
+    opt.zero_grad()
+    (0.5 * (h * w * w).sum()).backward()
+    opt.step()
+    assert opt.alphas[0] == 1e-8
+
+
+@pytest.mark.parametrize("closure", [False, True], ids=["free", "closure"])
+def test_resume_mid_run_is_bit_exact(closure):
+    steps, stop = 120, 70
+    used, model, opt = _core("Adam", 1e-2, closure=closure, steps=steps)
+    first, model1, opt1 = _core("Adam", 1e-2, closure=closure, steps=steps, stop=stop)
+    buffer = io.BytesIO()
+    torch.save({"model": model1.state_dict(), "opt": opt1.state_dict(), "t": stop}, buffer)
+    buffer.seek(0)
+    saved = torch.load(buffer, weights_only=True)
+    assert int(saved["opt"]["newt"]["groups"][0]["rule"]["phase"]) == 2  # the gated state
+    rest, model2, opt2 = _core("Adam", 1e-2, closure=closure, steps=steps, resume=saved)
+    assert first + rest == used  # bit-exact step sizes
+    assert opt2.alphas == opt.alphas
+    for x, y in zip(opt._states[0].rule, opt2._states[0].rule, strict=True):
+        assert torch.equal(x, y) or (x.isnan() & y.isnan()).all()
+    for p, q in zip(model.parameters(), model2.parameters(), strict=True):
+        assert torch.equal(p, q)
+
+
+def test_final_alpha_independent_of_alpha0():
+    finals = []
+    for alpha0 in (1e-6, 1e-2, 1.0):
+        _, _, opt = _core("Adam", alpha0, closure=False, steps=100)
+        finals.append(opt.alphas[0])
+    assert finals[0] == finals[1] == finals[2]
+    assert math.isfinite(finals[0]) and finals[0] > 1e-5
+
+
+def test_default_is_unchanged_and_option_is_validated():
+    w = nn.Parameter(torch.ones(2))
+    opt = newt.NewtOptimizer(torch.optim.SGD([w], lr=0.1))
+    assert opt.param_groups[0]["newt"]["controller"] == "newton"
+    with pytest.raises(ValueError, match="controller"):
+        newt.NewtOptimizer(torch.optim.SGD([w], lr=0.1), controller="fast")
