@@ -226,7 +226,7 @@ class Asym(Controller):
         s = dict(state)
         if not obs.finite:
             s["alpha"] = max(s["alpha"] * 0.1, self.lr_min)
-        elif obs.slope is not None:
+        elif obs.slope is not None and s["step"] > 0:
             step = s["step"]
             B = obs.slope
             C = s["Cs"] if s["closure"] else s["A"] - B
@@ -369,6 +369,8 @@ class Gate(Controller):
     streak: float = math.inf  # closure: the streak-th consecutive undo scales α by streak_factor
     streak_factor: float = 0.5
     streak_cap: bool = False  # the streak also sets the ratchet's cap
+    peak: float = 1.0  # the inner step uses peak·α·s (H7: a schedule's peak above the constant)
+    uncompensated: bool = False  # the Newton target sets α, not α·s (schedule not undone)
     creep: float = 0.0  # > 0: after creep_after phase-2 steps, growth ≤ ×creep per step
     creep_after: float = 50.0
     ratchet: float = 0.0  # > 0: after a gated decrease at α, growth stops at ratchet·α
@@ -394,7 +396,8 @@ class Gate(Controller):
         if not obs.finite:
             s["alpha"] = max(s["alpha"] * 0.1, self.lr_min)
             s["phase"] = 2.0
-        elif obs.slope is not None and math.isfinite(s["A"]) and s["A"] != 0:
+        elif (obs.slope is not None and math.isfinite(s["A"]) and s["A"] != 0
+              and s["step"] > 0):
             step, A, B = s["step"], s["A"], obs.slope
             same = s["closure"] and self.curvature == "auto"
             rho = s["rs"] if same else B / A
@@ -432,6 +435,10 @@ class Gate(Controller):
                 tau = self.tau0 * (1 - self.momentum) ** self.power
                 shifted = bb + tau * aa
                 f = 1 + shifted / (step * cc) if cc > 0 else self.inc
+                if self.uncompensated:
+                    # the target step η·f names α itself (the schedule then scales it):
+                    # factor on α = η f / α = s f
+                    f *= step / s["alpha"]
                 f = _clamp(f, 0.5, self.inc)
                 if f < 1:
                     f = 1.0 if shifted >= -self.k * sd else max(f, self.dec ** (1 / self.gamma))
@@ -455,8 +462,8 @@ class Gate(Controller):
                     s["peak"] = max(s.get("peak", 0.0), s["alpha"])
                     new = max(new, self.floor * s["peak"])
                 s["alpha"] = new
-        s["step"] = s["alpha"] * obs.schedule
-        return s, s["alpha"]
+        s["step"] = s["alpha"] * self.peak * obs.schedule
+        return s, s["alpha"] * self.peak
 
     def after_step(self, state: State, obs: After) -> tuple[State, bool, float]:
         s = dict(state)
@@ -488,6 +495,8 @@ REC = replace(REC_V2, name="rec", streak=3, streak_cap=True, streak_factor=0.9)
 CONTROLLERS: dict[str, Controller] = {
     "rec": REC,
     "rec_v1": REC_V1,
+    "rec_u": replace(REC, name="rec_u", uncompensated=True),
+    "rec_u_p2": replace(REC, name="rec_u_p2", uncompensated=True, peak=2.0),
     "rec_v2": REC_V2,
     "rec_c01": replace(REC_V2, name="rec_c01", creep=1.01),
     "rec_c003": replace(REC_V2, name="rec_c003", creep=1.003),
@@ -692,16 +701,24 @@ def _load_cache() -> dict[str, Any]:
     return {}
 
 
+def cosine(u: float) -> float:
+    """Linear warmup over the first 5% of the run, then cosine decay to 0 (BENCHMARKS.md)."""
+    return u / 0.05 if u < 0.05 else 0.5 * (1 + math.cos(math.pi * (u - 0.05) / 0.95))
+
+
 def baseline(prob_name: str, inner: str, evals: int, seed: int,
-             verbose: bool = False) -> dict[str, Any]:
-    """The fixed-lr sweep (cached in ``benchmarks/results/``): losses per lr, best lr and loss."""
-    key = f"{prob_name}|{inner}|{evals}|{seed}"
+             verbose: bool = False, schedule: bool = False) -> dict[str, Any]:
+    """The fixed-lr sweep (cached in ``benchmarks/results/``): losses per lr, best lr and loss.
+
+    ``schedule``: the same grid with warmup + cosine (the "tuned + cosine" baseline).
+    """
+    key = f"{prob_name}|{inner}|{evals}|{seed}" + ("|cosine" if schedule else "")
     cache = _load_cache()
     if key not in cache:
         losses, stats = {}, {}
         for lr in LR_GRID[inner]:
             out = train(prob_name, inner, Fixed(), lr, closure=False, evals=evals, seed=seed,
-                        diagnose=True)
+                        diagnose=not schedule, schedule=cosine if schedule else None)
             losses[f"{lr:.4g}"] = out.loss
             stats[f"{lr:.4g}"] = out.stats
             if verbose:
@@ -740,17 +757,19 @@ class Cell:
 
 
 def evaluate(controller: Controller, prob_name: str, inner: str, closure: bool, evals: int,
-             seeds: Iterable[int] = (0,), alpha0s: Sequence[float] = ALPHA0S) -> Cell:
+             seeds: Iterable[int] = (0,), alpha0s: Sequence[float] = ALPHA0S,
+             schedule: bool = False) -> Cell:
     cell = Cell()
     controller = for_inner(controller, inner)
     for seed in seeds:
-        ref = baseline(prob_name, inner, evals, seed)
+        ref = baseline(prob_name, inner, evals, seed, schedule=schedule)
         done: dict[float, RunOut] = {}
         for a0 in alpha0s:
             first = controller.init(a0, closure)["alpha"]  # start-small rules share runs
             if first not in done:
                 done[first] = train(prob_name, inner, controller, a0, closure=closure,
-                                    evals=evals, seed=seed)
+                                    evals=evals, seed=seed,
+                                    schedule=cosine if schedule else None)
             out = done[first]
             if problem(prob_name).excess:  # nats above the reference instead of a ratio
                 cell.ratios.append(out.loss - ref["decade_loss"])
@@ -773,7 +792,7 @@ def _fmt(x: float) -> str:
 
 def table(controllers: Sequence[Controller], prob_name: str, evals: int,
           seeds: Sequence[int] = (0,), inners: Sequence[str] = ("Adam", "SGD"),
-          modes: Sequence[bool] = (False, True)) -> str:
+          modes: Sequence[bool] = (False, True), schedule: bool = False) -> str:
     """A Markdown table: worst / median ratio over α₀ (and seeds), final α range, per cell."""
     heads = [f"{i} {'closure' if m else 'free'}" for i in inners for m in modes]
     lines = [f"problem `{prob_name}`, {evals} evaluations, seeds {list(seeds)}, "
@@ -787,7 +806,7 @@ def table(controllers: Sequence[Controller], prob_name: str, evals: int,
         for inner in inners:
             for mode in modes:
                 t0 = time.time()
-                cell = evaluate(c, prob_name, inner, mode, evals, seeds)
+                cell = evaluate(c, prob_name, inner, mode, evals, seeds, schedule=schedule)
                 row.append(f"{_fmt(cell.worst)} / {_fmt(cell.median)} "
                            f"({_fmt(max(cell.fine))} / {_fmt(statistics.median(cell.fine))}) "
                            f"[{min(cell.final_alpha):.2g}–{max(cell.final_alpha):.2g}]")
@@ -888,6 +907,7 @@ EXPERIMENTS: dict[str, str] = {
     "bar": "controllers on the bar, 1200 evaluations (--controllers)",
     "untuned": "controllers on the untuned problems (--problems), 1200 evaluations",
     "long": "controllers on the bar at 3600 evaluations",
+    "cosine": "controllers × warmup+cosine on the bar against the tuned lr + the same cosine",
     "lm": "controllers on byte_lm with AdamW, 600 evaluations: excess test loss in nats",
     "feasibility": "best constant α in closure mode (half the steps) against the references",
     "trace": "α and loss along runs of --controllers on --problem/--inner/--modes, α₀ 1e-2",
@@ -930,6 +950,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         print(table(controllers, "bar", args.evals or 1200, seeds, inners, modes))
     elif args.experiment == "long":
         print(table(controllers, "bar", args.evals or 3600, seeds, inners, modes))
+    elif args.experiment == "cosine":
+        print(table(controllers, "bar", args.evals or 1200, seeds, inners, modes, schedule=True))
     elif args.experiment == "lm":
         print(table(controllers, "byte_lm", args.evals or 600, seeds, ("AdamW",), modes))
     elif args.experiment == "feasibility":
