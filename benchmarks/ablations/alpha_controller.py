@@ -375,6 +375,7 @@ class Gate(Controller):
     creep_after: float = 50.0
     ratchet: float = 0.0  # > 0: after a gated decrease at α, growth stops at ratchet·α
     floor: float = 0.0  # > 0: α never falls below floor × the largest α of phase 2
+    ratchet_k: float = 0.0  # only a decrease this many s.d. beyond the gate sets the cap
     relax: float = 1.0  # the ceiling grows by this factor per phase-2 step
     brake: float = 0.0  # > 0: shrink when the fast average of A/α exceeds brake × the slow one
     brake_factor: float = 0.5
@@ -450,7 +451,7 @@ class Gate(Controller):
                 if self.ratchet > 0:
                     # a significant decrease marks an overshoot: cap later growth below it
                     ceiling = s.get("ceiling", math.inf) * self.relax
-                    if f < 1:
+                    if f < 1 and shifted < -self.ratchet_k * sd:
                         ceiling = min(ceiling, self.ratchet * s["alpha"])
                     s["ceiling"] = ceiling
                     if f > 1:
@@ -495,6 +496,8 @@ REC = replace(REC_V2, name="rec", streak=3, streak_cap=True, streak_factor=0.9)
 CONTROLLERS: dict[str, Controller] = {
     "rec": REC,
     "rec_v1": REC_V1,
+    "rec_k5": replace(REC, name="rec_k5", ratchet_k=5.0),
+    "rec_k8": replace(REC, name="rec_k8", ratchet_k=8.0),
     "rec_u": replace(REC, name="rec_u", uncompensated=True),
     "rec_u_p2": replace(REC, name="rec_u_p2", uncompensated=True, peak=2.0),
     "rec_v2": REC_V2,
