@@ -36,7 +36,7 @@ _REMOTE = re.compile(
     r"""<(?:script|link)\b[^>]*?\b(?:src|href)\s*=\s*["']((?:https?:)?//[^"']+)["']""",
     re.IGNORECASE)
 # An absolute path of a developer's machine, as a word of its own (not in a URL).
-MACHINE_PATH = re.compile(r"(?<![\w.:/-])/(?:work|tmp|root|home)/")
+MACHINE_PATH = re.compile(r"(?<![\w.:/~-])/(?:work|tmp|root|home)/")
 
 
 def mathjax_source() -> Path:
@@ -85,5 +85,5 @@ def on_post_build(config: Any, **_: Any) -> None:
     if offenders:
         listing = "; ".join(f"{p}: {', '.join(urls)}" for p, urls in sorted(offenders.items()))
         raise PluginError("the site must work offline, but pages load assets from another "
-                          f"host: {listing}. Ship the file in the site (see {__name__}).")
+                          f"host: {listing}. Ship the file in the site (see docs/hooks/offline.py).")
     log.info("MathJax copied to %s; no page loads a remote asset", MATHJAX_DIR)
