@@ -85,5 +85,6 @@ def on_post_build(config: Any, **_: Any) -> None:
     if offenders:
         listing = "; ".join(f"{p}: {', '.join(urls)}" for p, urls in sorted(offenders.items()))
         raise PluginError("the site must work offline, but pages load assets from another "
-                          f"host: {listing}. Ship the file in the site (see docs/hooks/offline.py).")
+                          f"host: {listing}. Ship the file in the site "
+                          "(see docs/hooks/offline.py).")
     log.info("MathJax copied to %s; no page loads a remote asset", MATHJAX_DIR)
