@@ -26,7 +26,6 @@ from torch import nn
 import newt
 
 
-
 def _require(module: str):
     """``module``, or a skip where it is missing; in CI (``CI`` set) it must be installed."""
     if os.environ.get("CI"):
