@@ -81,8 +81,8 @@ def plot_heatmap(summaries: Sequence[Summary], methods: Sequence[str], problems:
                                      sharey=True, gridspec_kw={"wspace": 0.04})
 
     # Robust width: discrete greens, 0 … sweep.
-    greens = ListedColormap(plt.get_cmap("Greens")(np.linspace(0.05, 0.85, sweep + 1)))
-    greens.set_bad("white")
+    greens = ListedColormap(plt.get_cmap("Greens")(np.linspace(0.05, 0.85, sweep + 1))
+                            ).with_extremes(bad="white")
     norm_w = BoundaryNorm(np.arange(-0.5, sweep + 1.5), greens.N)
     image_w = ax_w.imshow(np.ma.masked_invalid(width), cmap=greens, norm=norm_w, aspect="auto")
     for (i, j), value in np.ndenumerate(width):
@@ -100,8 +100,7 @@ def plot_heatmap(summaries: Sequence[Summary], methods: Sequence[str], problems:
     # Median ratio: log10, diverging around 1; ∞ drawn at the top of the scale.
     logs = np.where(np.isinf(median), LOG_RANGE, np.log10(np.where(median > 0, median, np.nan)))
     logs = np.clip(np.where(np.isnan(median), np.nan, logs), -LOG_RANGE, LOG_RANGE)
-    diverging = plt.get_cmap("RdBu_r").copy()
-    diverging.set_bad("white")
+    diverging = plt.get_cmap("RdBu_r").with_extremes(bad="white")
     norm_r = TwoSlopeNorm(vmin=-LOG_RANGE, vcenter=0.0, vmax=LOG_RANGE)
     image_r = ax_r.imshow(np.ma.masked_invalid(logs), cmap=diverging, norm=norm_r, aspect="auto")
     for (i, j), value in np.ndenumerate(median):
