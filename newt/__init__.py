@@ -3,6 +3,7 @@
 from importlib.metadata import PackageNotFoundError, version
 
 from newt.optimizer import NewtOptimizer, NewtStats
+from newt.options import NewtOptions
 from newt.presets import DEFAULT, PRESETS, SEED
 from newt.rule import Safeguard, update_lr
 from newt.scheduler import Newt, NewtConfig
@@ -19,6 +20,7 @@ __all__ = [
     "Newt",
     "NewtConfig",
     "NewtOptimizer",
+    "NewtOptions",
     "NewtStats",
     "Safeguard",
     "__version__",

@@ -5,31 +5,30 @@ parameter group with a Newton step on $g_t(\alpha) = L(\theta_t - \alpha u_t)$:
 
 $$
 \theta_{t+1} = \theta_t - \alpha_t u_t, \qquad
-\alpha_{t+1} = \alpha_t - \frac{g_t'(\alpha_t)}{g_t''(\alpha_t)},
+\alpha_{t+1} = \alpha_t - \frac{g_t'(\alpha_t)}{g_t''(\alpha_t)}.
 $$
 
-with $g_t'$ from the gradient at the shifted point $\theta_{t+1}$ (the
-*lookahead*) and $g_t''$ from a difference of gradients or of losses
-(`newt.rule`). Where the lookahead comes from is the step mode:
+This module is plumbing. A step gathers each group's parameters, evaluates,
+lets the inner optimizer step, measures the inner products along the
+displacement, and carries out what the controller (`newt.rule`) decides:
 
-- `step(closure)`: the closure is evaluated at $\theta_t$ and again at
-  $\theta_{t+1}$ on the same batch (two evaluations per step). The second
-  evaluation gives the curvature, the loss-increase check and the undo of a
-  non-finite step; the slope $g_t'(\alpha_t)$ is read from the *next* step's
-  first evaluation (a fresh batch at $\theta_{t+1}$), so α is updated at the
-  start of the next step (`slope="next_batch"`, the default;
-  `slope="same_batch"` updates it at once from the same batch, as the seed did);
-- `step(closure)` with `reuse_lookahead=True`: for a deterministic closure,
-  the evaluation at $\theta_{t+1}$ is the next step's first evaluation (one
-  per step);
-- `step()` after the user's `backward()`: the gradient of the next batch at
-  $\theta_{t+1}$ is the lookahead of the previous step (no extra evaluation;
-  the curvature estimate then carries batch-to-batch noise).
+1. **probe**: at $\theta_t$, this batch's gradient along the pending
+   displacement (the fresh slope) → `newt.rule.before_step` gives $\alpha_t$;
+2. **inner step** at $\alpha_t$ (times the schedule's factor, if an LR
+   scheduler is attached);
+3. **lookahead** (closure mode): the closure again at $\theta_{t+1}$;
+4. **decide**: `newt.rule.after_step` keeps or undoes the step;
+5. **restore** $\theta_t$ where a step is undone.
+
+Without a closure (`step()` after the user's `backward()`) step 3 is absent:
+the next batch's gradient is the lookahead. With `reuse_lookahead=True` the
+evaluation at $\theta_{t+1}$ is the next step's first evaluation.
 """
 
 from __future__ import annotations
 
 import math
+import numbers
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -40,48 +39,37 @@ from torch import Tensor
 from torch.optim import Optimizer
 
 from newt import functional as F
-from newt.presets import PRESETS
-from newt.rule import (
-    Safeguard,
-    average_derivatives,
-    curvature_estimate,
-    gradient_difference,
-    newton_update,
-)
+from newt import rule
+from newt.options import NewtOptions
+from newt.rule import Outcome, Probe, Safeguard
+from newt.state import FORMAT_VERSION, GroupState, check_shapes
 
 __all__ = ["NewtOptimizer", "NewtStats"]
 
-_RULE_OPTIONS = (
-    "update", "gamma", "eps", "lr_min", "lr_max", "factor_min", "factor_max", "backoff",
-    "nonconvex_factor", "nonfinite_factor",
-)
-_OPTIONS = (
-    "curvature", "slope", "reject", "beta", "update", "gamma", "eps", "lr_min", "lr_max",
-    "factor_min", "factor_max", "backoff", "nonconvex_factor", "nonfinite_factor",
-)
-_STATE_KEY = "newt"  # per-group state lives in group["newt"], so state_dict() carries it
+NEWT_KEY = "newt"
+"""The key of newt's options in each group dict (the inner optimizer's keys are its own)."""
 
 
 @dataclass(frozen=True)
 class NewtStats:
-    r"""What newt saw and decided for one parameter group at its last α update.
+    r"""What newt saw and decided for one parameter group at its last α decision.
 
     Attributes:
-        lr: the α of the step this update describes ($\alpha_t$).
-        next_lr: the α this update produced, i.e. the group's α now. In the
-            closure mode with `slope="next_batch"` the update of step $t$ runs at
-            the start of step $t+1$, so after `step()` returns this is the α
-            that step used; the next step will update it first.
-        slope: $g_t'(\alpha_t) = -B/\alpha_t$.
+        alpha: the learned α now (on the unscheduled scale).
+        step_size: the step size the next inner step uses: α times the
+            attached scheduler's factor lr / initial_lr (α without a scheduler).
+        used_alpha: the α of the step this decision describes ($\alpha_t$).
+        slope: $g_t'(\alpha_t) = -B/\alpha_t$ (NaN if the decision had no slope).
         curvature: the estimate of $g_t''(\alpha_t)$, $C/\alpha_t^2$.
         loss: $L(\theta_t)$ (closure mode; `None` otherwise).
         lookahead_loss: $L(\theta_{t+1})$ on the same batch (closure mode).
-        safeguard: the name of the `newt.rule.Safeguard` that decided α.
-        step: how many α updates this group has had.
+        safeguard: the name of the `newt.rule.Safeguard` that decided.
+        step: how many Newton updates α has had.
     """
 
-    lr: float
-    next_lr: float
+    alpha: float
+    step_size: float
+    used_alpha: float
     slope: float
     curvature: float
     loss: float | None
@@ -90,81 +78,58 @@ class NewtStats:
     step: int
 
 
-def _check_options(options: dict[str, Any], where: str) -> None:
-    def fail(name: str, fix: str) -> None:
-        raise ValueError(f"{where}: invalid {name}={options[name]!r}; {fix}")
+@dataclass
+class _Active:
+    """One group as a step sees it: the parameters it moves and what newt keeps of them."""
 
-    for name in _OPTIONS:
-        if name in ("curvature", "slope", "update"):
-            continue
-        if name == "reject":
-            if not isinstance(options[name], bool):
-                raise TypeError(f"{where}: reject must be True or False, got {options[name]!r}")
-            continue
-        value = options[name]
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise TypeError(f"{where}: {name} must be a real number, got {type(value).__name__}")
-        if math.isnan(value):
-            fail(name, "it must not be NaN")
-    if options["curvature"] not in ("gradient", "loss"):
-        fail("curvature", "use 'gradient' (gradient difference) or 'loss' (loss difference)")
-    if options["slope"] not in ("next_batch", "same_batch"):
-        fail("slope", "use 'next_batch' (lookahead slope from the next batch) or 'same_batch'")
-    if options["update"] not in ("log", "exp", "linear"):
-        fail("update", "use 'log' (damped Newton factor in log α), 'exp' (its first-order, "
-             "noise-unbiased form) or 'linear' (the seed's rule)")
-    if not 0.0 <= options["gamma"] <= 1.0:
-        fail("gamma", "the damping must lie in [0, 1] (0 freezes α, 1 is a full Newton step)")
-    if not 0.0 <= options["beta"] < 1.0:
-        fail("beta", "the averaging coefficient must lie in [0, 1) (0 turns averaging off)")
-    if options["eps"] < 0:
-        fail("eps", "it must be >= 0")
-    if not options["lr_min"] >= 0:
-        fail("lr_min", "it must be >= 0")
-    if not options["lr_max"] > 0:
-        fail("lr_max", "it must be > 0")
-    if options["lr_min"] > options["lr_max"]:
-        fail("lr_min", f"it must not exceed lr_max={options['lr_max']!r}")
-    if options["factor_min"] < 0:
-        fail("factor_min", "it must be >= 0")
-    if options["factor_max"] < 1:
-        fail("factor_max", "it must be >= 1 (α must be allowed to stay)")
-    if options["factor_min"] > 1:
-        fail("factor_min", "it must be <= 1 (α must be allowed to stay)")
-    for name in ("backoff", "nonfinite_factor"):
-        if not 0 < options[name] <= 1:
-            fail(name, "a shrink factor must lie in (0, 1]")
-    if not options["nonconvex_factor"] > 0:
-        fail("nonconvex_factor", "it must be > 0")
+    index: int
+    group: dict[str, Any]
+    options: NewtOptions
+    state: GroupState
+    params: list[Tensor]
+    snapshots: list[Tensor]
+
+    def grads(self) -> list[Tensor | None]:
+        return [p.grad for p in self.params]
+
+
+@dataclass
+class _InProgress:
+    """A step between its phases: the groups it moves, whether it is taken, their slopes A."""
+
+    active: list[_Active]
+    taken: bool
+    slopes: list[Tensor] | None
 
 
 class NewtOptimizer(Optimizer):
     r"""Learn the step size of any optimizer with a Newton step on α.
 
     $$
-    \theta_{t+1} = \theta_t - \alpha_t u_t, \qquad
+    \theta_{t+1} = \theta_t - s_t\alpha_t u_t, \qquad
     \alpha_{t+1} = \operatorname{clamp}\big(\alpha_t\, \hat f_t,\
         \text{lr\_min},\ \text{lr\_max}\big), \qquad
-    \hat f_t = \Big(1 + \frac{B_t}{C_t}\Big)^{\gamma}
+    \hat f_t = \Big(s_t\big(1 + \frac{B_t}{C_t}\big)\Big)^{\gamma \min(1, s_t)}
     $$
 
     where
 
-    - $u_t$ is the inner optimizer's update direction at step size $\alpha_t$
-      (the group's `lr`);
-    - $B_t = \langle\nabla L(\theta_{t+1}), \theta_t - \theta_{t+1}\rangle$ is the
-      lookahead slope, $A_t$ the same at $\theta_t$;
+    - $u_t$ is the inner optimizer's update direction at unit step size;
+    - $s_t$ is the factor lr / initial_lr of an attached LR scheduler (1 without
+      one): the schedule scales the learned α and is not compensated by it;
+    - $d_t = \theta_t - \theta_{t+1}$, $A_t = \langle\nabla L(\theta_t), d_t\rangle$
+      and $B_t = \langle\nabla L(\theta_{t+1}), d_t\rangle$ the lookahead slope;
     - $C_t = A_t - B_t$ (`curvature="gradient"`) or
       $2(L(\theta_t) - L(\theta_{t+1}) - B_t)$ (`curvature="loss"`);
-    - $1 + B_t/C_t$ is clamped to `[factor_min, factor_max]`, damped by γ and
-      replaced by the safeguards of `newt.rule.newton_update` (loss increase,
-      non-positive curvature, no information, non-finite values).
+    - the factor is clamped to `[factor_min, factor_max]`, damped by γ and
+      replaced by the safeguards of `newt.rule` (loss increase, non-positive
+      curvature, no information, non-finite values).
 
-    `NewtOptimizer` shares `param_groups` with the inner optimizer: the α of a
-    group is its `lr`, and every keyword option can be set per group (put it in
-    the group's dict when building the inner optimizer). An LR scheduler
-    attached to the `NewtOptimizer` scales the learned α: the inner step uses
-    α · lr / initial_lr, and α is kept in the group's newt state.
+    `NewtOptimizer` shares `param_groups` (the same list) with the inner
+    optimizer. Without a scheduler the α of a group is its `lr`. newt's options
+    can be overridden per group under the group's `"newt"` key, e.g.
+    `SGD([{"params": head, "lr": 0.1, "newt": {"gamma": 0.3}}])`; the inner
+    optimizer's own keys are never read. A group with `lr=0` is frozen.
 
     Args:
         inner: the optimizer that proposes the update direction.
@@ -184,17 +149,14 @@ class NewtOptimizer(Optimizer):
             step's batch) or `"same_batch"` (the seed's rule; closure mode only).
         reject (bool): closure mode: undo a step that raised the batch's loss (the
             group's share of it, by the trapezoid rule, when several groups step)
-            and multiply α by `backoff` (by `backoff**gamma` with `update="log"`).
+            and multiply α by `backoff**gamma` (`backoff` with `update="linear"`).
             Off when `gamma=0`, so that γ = 0 is exactly the inner optimizer.
-        beta (float): averaging of $g'$ and $g''$ over steps, in [0, 1); 0 is off.
         update (str): `"log"` (a step of γ in log α), `"exp"` (the same with the
-            Newton factor $1 + B/C$ replaced by $e^{B/C}$: no downward drift
-            under a noisy slope, better for closure-free mini-batch training)
-            or `"linear"` (the seed's).
+            Newton factor $1 + B/C$ replaced by $e^{B/C}$) or `"linear"` (the seed's).
         gamma (float): damping of the Newton step, in [0, 1]; 0 never changes α.
         eps (float): relative threshold under which the curvature counts as
             non-positive: $C \le \varepsilon(|A| + |B|)$.
-        lr_min (float): lower clamp on α.
+        lr_min (float): lower clamp on α, > 0.
         lr_max (float): upper clamp on α.
         factor_min (float): lower clamp on the Newton factor (before damping).
         factor_max (float): upper clamp on the Newton factor (before damping).
@@ -238,23 +200,23 @@ class NewtOptimizer(Optimizer):
             )
         if isinstance(inner, NewtOptimizer):
             raise TypeError("NewtOptimizer(inner=...) is already a NewtOptimizer; wrap it once")
-        if preset not in PRESETS:
-            raise ValueError(
-                f"NewtOptimizer(preset={preset!r}) is unknown; use one of {list(PRESETS)}"
-            )
-        unknown = sorted(set(options) - set(_OPTIONS))
-        if unknown:
-            raise TypeError(
-                f"NewtOptimizer got unexpected option(s) {unknown}; valid options: {list(_OPTIONS)}"
-            )
-        defaults = {**PRESETS[preset], **options}
-        _check_options(defaults, "NewtOptimizer")
+        if not isinstance(reuse_lookahead, bool):
+            raise TypeError(f"NewtOptimizer(reuse_lookahead={reuse_lookahead!r}): pass True or "
+                            "False")
+        if foreach is not None and not isinstance(foreach, bool):
+            raise TypeError(f"NewtOptimizer(foreach={foreach!r}): pass True, False or None")
         self.inner = inner
-        self.reuse_lookahead = bool(reuse_lookahead)
-        self.foreach = True if foreach is None else bool(foreach)
+        self.reuse_lookahead = reuse_lookahead
+        self.foreach = True if foreach is None else foreach
+        self._options = NewtOptions.resolve(preset, options)
         self._reuse: tuple[Callable[[], Any], Tensor, list[int]] | None = None
-        super().__init__(inner.param_groups, defaults)
-        if len(self.param_groups) > 1 and any(g["curvature"] == "loss" for g in self.param_groups):
+        self._states: list[GroupState | None] = []
+        self._resolved: dict[int, tuple[dict[str, Any], NewtOptions]] = {}
+        self._in_progress: _InProgress | None = None
+        # What schedulers read of the optimizer (OneCycleLR looks for momentum/betas).
+        super().__init__(inner.param_groups, {**inner.defaults, NEWT_KEY: self._options.as_dict()})
+        self.param_groups = inner.param_groups  # one list: a group added to either is in both
+        if len(self.param_groups) > 1 and any(o.curvature == "loss" for o in self._all_options()):
             warnings.warn(
                 "NewtOptimizer(curvature='loss') with several parameter groups: the loss change "
                 "L(θ_t) − L(θ_{t+1}) mixes every group's step, so each group's curvature "
@@ -263,143 +225,162 @@ class NewtOptimizer(Optimizer):
             )
 
     # ------------------------------------------------------------------ groups
+    def _resolve(self, group: dict[str, Any], where: str) -> NewtOptions:
+        """Check a group (newt's options and its lr) before newt accepts it."""
+        options = NewtOptions.resolve("default", self._options.as_dict(),
+                                      group.get(NEWT_KEY, {}), where=f"{where}['newt']")
+        merged = {**self.inner.defaults, **group}
+        if merged.get("maximize", False):
+            raise RuntimeError(f"{where}: maximize=True inner optimizers are not supported; "
+                               "minimise the negated objective instead")
+        if merged.get("differentiable", False):
+            raise RuntimeError(f"{where}: differentiable=True inner optimizers are not "
+                               "supported; newt's step runs under torch.no_grad()")
+        if merged.get("fused", False):
+            raise RuntimeError(f"{where}: fused=True inner optimizers are not supported; use "
+                               "foreach=True")
+        lr = merged.get("lr")
+        value = float(lr) if isinstance(lr, (Tensor, numbers.Real)) else math.nan
+        if isinstance(lr, Tensor) and options.lr_min > 0 and float(
+                torch.tensor(options.lr_min, dtype=lr.dtype)) == 0:
+            raise ValueError(f"{where}: lr is a {lr.dtype} tensor, which cannot hold "
+                             f"lr_min={options.lr_min:g}; use a float32 or float64 tensor lr")
+        if value != 0 and not options.lr_min <= value <= options.lr_max:
+            raise ValueError(
+                f"{where}: lr={lr!r} must be 0 (a frozen group) or lie in [lr_min, lr_max] = "
+                f"[{options.lr_min:g}, {options.lr_max:g}]; pass a starting lr in that range "
+                "or widen lr_min/lr_max"
+            )
+        return options
+
     def add_param_group(self, param_group: dict[str, Any]) -> None:
-        """Add a group to both newt and the inner optimizer (same dict object)."""
-        if not any(param_group is g for g in self.inner.param_groups):
+        """Add a group to both newt and the inner optimizer (one dict object).
+
+        The group is checked first, so a bad option leaves nothing added.
+        """
+        index = len(self.inner.param_groups)
+        in_inner = any(param_group is g for g in self.inner.param_groups)
+        if in_inner:
+            index = next(i for i, g in enumerate(self.inner.param_groups) if g is param_group)
+        options = self._resolve(param_group, f"param_groups[{index}]")
+        if not in_inner:
             self.inner.add_param_group(param_group)
             param_group = self.inner.param_groups[-1]
-        super().add_param_group(param_group)
-        group = self.param_groups[-1]
-        where = f"param_groups[{len(self.param_groups) - 1}]"
-        _check_options(group, where)
-        if group.get("differentiable", False):
-            raise RuntimeError(
-                f"{where}: differentiable=True inner optimizers are not supported; "
-                "newt's step runs under torch.no_grad()"
-            )
-        if group.get("fused", False):
-            raise RuntimeError(
-                f"{where}: fused=True inner optimizers are not supported; use foreach=True"
-            )
+        param_group[NEWT_KEY] = options.as_dict()
+        if self.param_groups is not self.inner.param_groups:  # during __init__
+            self.param_groups.append(param_group)
+
+    def _all_options(self) -> list[NewtOptions]:
+        return [NewtOptions.resolve("default", g[NEWT_KEY]) for g in self.param_groups
+                if NEWT_KEY in g]
+
+    def _group_options(self, index: int, group: dict[str, Any]) -> NewtOptions:
+        """The group's options, checked again only when its ``"newt"`` entry changed."""
+        if NEWT_KEY not in group:  # added with opt.inner.add_param_group: newt shares it
+            group[NEWT_KEY] = self._resolve(group, f"param_groups[{index}]").as_dict()
+        cached = self._resolved.get(index)
+        if cached is None or cached[0] != group[NEWT_KEY]:
+            options = NewtOptions.resolve("default", group[NEWT_KEY],
+                                          where=f"param_groups[{index}]['newt']")
+            cached = self._resolved[index] = (dict(group[NEWT_KEY]), options)
+        return cached[1]
 
     def __getstate__(self) -> dict[str, Any]:
         state = super().__getstate__()
-        state.update(inner=self.inner, reuse_lookahead=self.reuse_lookahead, foreach=self.foreach)
+        state.update(inner=self.inner, reuse_lookahead=self.reuse_lookahead,
+                     foreach=self.foreach, _options=self._options, _states=self._states)
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
-        self.__dict__.setdefault("reuse_lookahead", False)
-        self.__dict__.setdefault("foreach", True)
         self.__dict__.setdefault("_reuse", None)
-        for group in self.param_groups:
-            for name, value in self.defaults.items():
-                group.setdefault(name, value)
+        self.__dict__.setdefault("_resolved", {})
+        self.__dict__.setdefault("_in_progress", None)
+        self.param_groups = self.inner.param_groups
+
+    def _state_of(self, index: int) -> GroupState | None:
+        return self._states[index] if index < len(self._states) else None
 
     def __repr__(self) -> str:
         return f"NewtOptimizer({self.inner!r})".replace("\n", "\n    ")
 
-    # ------------------------------------------------------------------ state
-    def state_dict(self) -> dict[str, Any]:
-        """newt's state (snapshots, per-group α and counters) plus ``"inner"``."""
-        state = super().state_dict()
-        state["inner"] = self.inner.state_dict()
-        return state
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Load a `state_dict`; newt's and the inner optimizer's groups stay one."""
-        if "inner" not in state_dict:
-            raise ValueError(
-                "NewtOptimizer.load_state_dict: no 'inner' entry; this is not a "
-                "NewtOptimizer state_dict (load the inner optimizer's own with .inner)"
-            )
-        lrs = [g["lr"] for g in self.param_groups]
-        self.inner.load_state_dict(state_dict["inner"])
-        super().load_state_dict({k: v for k, v in state_dict.items() if k != "inner"})
-        for mine, theirs, lr in zip(self.param_groups, self.inner.param_groups, lrs, strict=True):
-            theirs.update({k: v for k, v in mine.items() if k != "params"})
-            if isinstance(lr, Tensor) and isinstance(theirs["lr"], Tensor):
-                lr.copy_(theirs["lr"])  # keep the user's tensor object
-                theirs["lr"] = lr
-        self.param_groups = list(self.inner.param_groups)
-        self._reuse = None
-
-    # ------------------------------------------------------------------ inspection
-    def last_stats(self) -> list[NewtStats | None]:
-        """Per group, the last α update: α, g′, g″, losses and safeguard (``None`` before any).
-
-        Reading converts tensors to Python numbers (a host sync); a step that
-        is not read pays nothing for it.
-        """
-        out: list[NewtStats | None] = []
-        for group in self.param_groups:
-            st = group.get(_STATE_KEY)
-            if st is None:
-                out.append(None)
-                continue
-            next_lr = float(self._alpha(group))
-            lr = float(st["used_lr"]) if "used_lr" in st else next_lr
-
-            def number(key: str, st: dict[str, Any] = st) -> float | None:
-                return float(st[key]) if key in st else None
-
-            lookahead_slope, curvature = number("lookahead_slope"), number("curvature")
-            out.append(
-                NewtStats(
-                    lr=lr,
-                    next_lr=next_lr,
-                    # g'(α) = −B/α and g''(α) ≈ C/α² (newt.rule).
-                    slope=-lookahead_slope / lr if lookahead_slope is not None and lr
-                    else float("nan"),
-                    curvature=curvature / lr**2 if curvature is not None and lr else float("nan"),
-                    loss=number("loss"),
-                    lookahead_loss=number("lookahead_loss"),
-                    safeguard=Safeguard(
-                        int(st.get("safeguard", Safeguard.FIRST_STEP))).name.lower(),
-                    step=int(st["step"]),
-                )
-            )
-        return out
-
     # ------------------------------------------------------------------ α storage
     @staticmethod
     def _scheduled(group: dict[str, Any]) -> bool:
-        # An LR scheduler attached to this optimizer records "initial_lr" and then
-        # owns group["lr"]; newt's α then lives in its own state and the schedule
-        # scales it: lr_used = α · lr / initial_lr.
+        # An LR scheduler attached to this optimizer records "initial_lr" and then owns
+        # group["lr"]; α lives in newt's state and the inner step uses α · lr / initial_lr.
         return "initial_lr" in group
 
-    def _alpha(self, group: dict[str, Any]) -> float | Tensor:
-        if self._scheduled(group):
-            st = group[_STATE_KEY]
-            if "alpha" not in st:
-                initial = group["initial_lr"]
-                st["alpha"] = initial.clone() if isinstance(initial, Tensor) else torch.tensor(
-                    float(initial), dtype=torch.float64)
-            return st["alpha"]
-        return group["lr"]
+    def _scale(self, group: dict[str, Any]) -> Tensor:
+        """The scheduler's factor s = lr / initial_lr (1 without one; 0 for a frozen group)."""
+        if not self._scheduled(group):
+            return torch.ones((), dtype=torch.float64)
+        lr, initial = group["lr"], group["initial_lr"]
+        lr = lr.detach().double() if isinstance(lr, Tensor) else torch.tensor(float(lr),
+                                                                              dtype=torch.float64)
+        initial = (initial.detach().double().to(lr.device) if isinstance(initial, Tensor)
+                   else torch.tensor(float(initial), dtype=torch.float64, device=lr.device))
+        return torch.where(initial == 0, torch.zeros_like(lr), lr / torch.where(
+            initial == 0, torch.ones_like(initial), initial))
 
-    def _set_alpha(self, group: dict[str, Any], alpha: Tensor) -> None:
+    def _alpha(self, group: dict[str, Any], state: GroupState, device: torch.device) -> Tensor:
         if self._scheduled(group):
-            group[_STATE_KEY]["alpha"] = alpha
+            if state.alpha is None:
+                initial = group["initial_lr"]
+                state.alpha = (initial.detach().clone().double().to(device)
+                               if isinstance(initial, Tensor)
+                               else torch.tensor(float(initial), dtype=torch.float64,
+                                                 device=device))
+            return state.alpha
+        lr = group["lr"]
+        if isinstance(lr, Tensor):
+            return lr.detach()
+        return torch.tensor(lr, dtype=torch.float64, device=device)
+
+    def _set_alpha(self, group: dict[str, Any], state: GroupState, alpha: Tensor) -> None:
+        if self._scheduled(group):
+            state.alpha = alpha.double()
         elif isinstance(group["lr"], Tensor):
             group["lr"].copy_(alpha)  # no host sync
         else:
             group["lr"] = alpha.item()
 
+    @property
+    def alphas(self) -> list[float]:
+        """The learned α of each group, on the unscheduled scale."""
+        out = []
+        for i, group in enumerate(self.param_groups):
+            state = self._states[i] if i < len(self._states) else None
+            if self._scheduled(group):
+                alpha = state.alpha if state is not None and state.alpha is not None else \
+                    group["initial_lr"]
+                out.append(float(alpha))
+            else:
+                out.append(float(group["lr"]))
+        return out
+
+    @property
+    def step_sizes(self) -> list[float]:
+        """The step size the next inner step uses per group: α · lr / initial_lr under an
+        LR scheduler, α without one."""
+        return [a * float(self._scale(g)) for a, g in zip(self.alphas, self.param_groups,
+                                                          strict=True)]
+
     def _inner_step(self) -> None:
-        """One inner step; where a scheduler is attached, with lr = α · lr / initial_lr."""
+        """One inner step; where a scheduler is attached, with lr = α · s."""
         saved: list[tuple[dict[str, Any], Any]] = []
-        for group in self.param_groups:
-            if self._scheduled(group) and _STATE_KEY in group:
-                lr, alpha = group["lr"], self._alpha(group)
-                scale = lr / group["initial_lr"]
-                if isinstance(lr, Tensor):
-                    saved.append((group, lr.clone()))
-                    lr.copy_(alpha * scale)
-                else:
-                    saved.append((group, lr))
-                    group["lr"] = float(alpha * scale)
+        for i, group in enumerate(self.param_groups):
+            state = self._states[i] if i < len(self._states) else None
+            if not self._scheduled(group) or state is None or state.alpha is None:
+                continue
+            lr = group["lr"]
+            step_size = state.alpha * self._scale(group).to(state.alpha.device)
+            if isinstance(lr, Tensor):
+                saved.append((group, lr.clone()))
+                lr.copy_(step_size)
+            else:
+                saved.append((group, lr))
+                group["lr"] = step_size.item()
         try:
             self.inner.step()
         finally:
@@ -409,98 +390,231 @@ class NewtOptimizer(Optimizer):
                 else:
                     group["lr"] = lr
 
-    # ------------------------------------------------------------------ per-group lists
-    def _init_group(self, group: dict[str, Any]) -> tuple[list[Tensor], list[Tensor], list[Tensor]]:
-        """Params with a gradient, their gradients and their snapshot buffers."""
-        params, grads, snapshots = [], [], []
-        for p in group["params"]:
-            if p.grad is None or not p.requires_grad:
+    # ------------------------------------------------------------------ state
+    def state_dict(self) -> dict[str, Any]:
+        """newt's state (snapshots, per-group records) plus ``"inner"``."""
+        state = super().state_dict()
+        state["inner"] = self.inner.state_dict()
+        state[NEWT_KEY] = {"version": FORMAT_VERSION,
+                           "groups": [self._state_of(i) and self._state_of(i).to_dict()
+                                      for i in range(len(self.param_groups))]}
+        return state
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Load a `state_dict`; newt's and the inner optimizer's groups stay one list."""
+        if "inner" not in state_dict:
+            raise ValueError(
+                "NewtOptimizer.load_state_dict: no 'inner' entry; this is not a "
+                "NewtOptimizer state_dict (load the inner optimizer's own with .inner)"
+            )
+        saved = state_dict.get(NEWT_KEY)
+        if not isinstance(saved, dict) or saved.get("version") != FORMAT_VERSION:
+            raise ValueError(
+                "NewtOptimizer.load_state_dict: this state_dict was saved by newt 0.1.0, whose "
+                "format (newt's state in the group dicts) this version does not read; resume "
+                "the model weights with a new NewtOptimizer, or load only the inner "
+                "optimizer's state with opt.inner.load_state_dict(state_dict['inner'])"
+            )
+        check_shapes(state_dict, self.param_groups)
+        lrs = [g["lr"] for g in self.param_groups]
+        self.inner.load_state_dict(state_dict["inner"])
+        super().load_state_dict({k: v for k, v in state_dict.items()
+                                 if k not in ("inner", NEWT_KEY)})
+        for mine, theirs, lr in zip(self.param_groups, self.inner.param_groups, lrs, strict=True):
+            theirs.update({k: v for k, v in mine.items() if k != "params"})
+            if isinstance(lr, Tensor) and isinstance(theirs["lr"], Tensor):
+                lr.copy_(theirs["lr"])  # keep the user's tensor object
+                theirs["lr"] = lr
+        self.param_groups = self.inner.param_groups
+        self._states = []
+        for i, (group, entry) in enumerate(zip(self.param_groups, saved["groups"], strict=True)):
+            device = group["params"][0].device if group["params"] else torch.device("cpu")
+            self._states.append(None if entry is None else
+                                GroupState.from_dict(entry, device, f"param_groups[{i}]"))
+        self._reuse = None
+
+    # ------------------------------------------------------------------ inspection
+    def last_stats(self) -> list[NewtStats | None]:
+        """Per group, the last α decision: α, g′, g″, losses and safeguard (``None`` before any).
+
+        Reading converts tensors to Python numbers (a host sync); a step that
+        is not read pays nothing for it.
+        """
+        out: list[NewtStats | None] = []
+        for i, (alpha, step_size) in enumerate(zip(self.alphas, self.step_sizes, strict=True)):
+            state = self._states[i] if i < len(self._states) else None
+            if state is None:
+                out.append(None)
                 continue
-            if p.grad.is_sparse:
-                raise RuntimeError(
-                    "NewtOptimizer does not support sparse gradients; use a dense "
-                    "embedding (sparse=False) or torch.optim.SparseAdam without newt"
-                )
-            state = self.state[p]
-            if "snapshot" not in state:
-                state["snapshot"] = p.detach().clone(memory_format=torch.preserve_format)
-            params.append(p)
-            grads.append(p.grad)
-            snapshots.append(state["snapshot"])
-        return params, grads, snapshots
+            rec = state.record
+            used = float(rec.used_alpha)
+            used = alpha if math.isnan(used) else used
 
-    def _group_state(self, group: dict[str, Any], like: Tensor | None) -> dict[str, Any]:
-        st = group.get(_STATE_KEY)
-        if st is None:
-            device = like.device if like is not None else torch.device("cpu")
-            st = group[_STATE_KEY] = {
-                "step": torch.zeros((), dtype=torch.int64, device=device),
-                "valid": torch.zeros((), dtype=torch.bool, device=device),
-            }
-        return st
+            def number(t: Tensor) -> float | None:
+                value = float(t)
+                return None if math.isnan(value) else value
 
-    def _inner_product(self, grads: list[Tensor | None], snapshots: list[Tensor],
-                       params: list[Tensor], refresh: bool = False) -> Tensor:
+            out.append(NewtStats(
+                alpha=alpha, step_size=step_size, used_alpha=used,
+                # g'(α) = −B/α and g''(α) ≈ C/α² (newt.rule).
+                slope=-float(rec.lookahead_slope) / used if used else math.nan,
+                curvature=float(rec.curvature) / used**2 if used else math.nan,
+                loss=number(rec.loss), lookahead_loss=number(rec.lookahead_loss),
+                safeguard=Safeguard(int(rec.safeguard)).name.lower(),
+                step=int(state.rule.updates),
+            ))
+        return out
+
+    # ------------------------------------------------------------------ the phases of a step
+    def _gather(self) -> list[_Active]:
+        """The groups that move this step: parameters with a gradient, their snapshots."""
+        active = []
+        for index, group in enumerate(self.param_groups):
+            options = self._group_options(index, group)
+            params, snapshots = [], []
+            for p in group["params"]:
+                if p.grad is None or not p.requires_grad:
+                    continue
+                if p.grad.is_sparse:
+                    raise RuntimeError(
+                        "NewtOptimizer does not support sparse gradients; use a dense "
+                        "embedding (sparse=False) or torch.optim.SparseAdam without newt"
+                    )
+                state = self.state[p]
+                if "snapshot" not in state:
+                    state["snapshot"] = p.detach().clone(memory_format=torch.preserve_format)
+                params.append(p)
+                snapshots.append(state["snapshot"])
+            while len(self._states) <= index:
+                self._states.append(None)
+            if not params:
+                continue
+            if self._states[index] is None:
+                self._states[index] = GroupState.new(params[0].device)
+            state = self._states[index]
+            assert state is not None
+            active.append(_Active(index, group, options, state, params, snapshots))
+        return active
+
+    def _inner_product(self, a: _Active, grads: list[Tensor | None],
+                       refresh: bool = False) -> Tensor:
         """⟨g, s − p⟩ over a group (``None`` grads count as zero); ``refresh`` then sets s ← p."""
         dtype = torch.promote_types(
-            torch.float32, max((p.dtype for p in params), key=lambda d: d.itemsize)
-        )
+            torch.float32, max((p.dtype for p in a.params), key=lambda d: d.itemsize))
         dtype = dtype.to_real() if dtype.is_complex else dtype
-        return F.group_inner_product(grads, snapshots, params, out_dtype=dtype,
+        return F.group_inner_product(grads, a.snapshots, a.params, out_dtype=dtype,
                                      foreach=self.foreach, refresh_snapshots=refresh)
 
-    def _newton(self, group: dict[str, Any], st: dict[str, Any], lookahead_slope: Tensor) -> Tensor:
-        """Move one group's α with the pending step's slope and this lookahead slope.
+    def _carry_out(self, a: _Active, decision: rule.Decision) -> None:
+        self._set_alpha(a.group, a.state, decision.alpha)
+        a.state.record = a.state.record.merged(decision)
 
-        Returns the "values were finite" flag (true when there was nothing pending).
+    def _judge(self, active: list[_Active], slopes: list[Tensor],
+               lookahead_slopes: list[Tensor] | None, loss: Tensor | None,
+               lookahead_loss: Tensor | None) -> Tensor:
+        """Decide and restore: keep or undo each group's step. Returns "all were kept"."""
+        kept = torch.ones((), dtype=torch.bool)
+        for i, a in enumerate(active):
+            outcome = Outcome(
+                slope=slopes[i],
+                lookahead_slope=None if lookahead_slopes is None else lookahead_slopes[i],
+                loss=loss, lookahead_loss=lookahead_loss, own_loss=len(active) == 1,
+                scale=self._scale(a.group))
+            alpha = self._alpha(a.group, a.state, slopes[i].device)
+            a.state.rule, decision = rule.after_step(a.state.rule, outcome, alpha, a.options)
+            self._carry_out(a, decision)
+            F.restore_where(decision.accept, a.params, a.snapshots)
+            kept = kept & decision.accept.cpu()
+        return kept
+
+    # ------------------------------------------------------------------ the phases of a step
+    # `step` runs them in order; a loop that calls the inner optimizer itself (the seed's
+    # API, `newt.Newt`) calls them around its own inner step.
+    @torch.no_grad()
+    def before_inner_step(self) -> bool:
+        """Probe at θ_t, with the gradients in ``.grad``: α_t of every group, θ_t recorded.
+
+        For each group the fresh slope $B = \\langle\nabla L(\theta_t), d_{t-1}\rangle$ of
+        the pending step goes to `newt.rule.before_step`, and the snapshot is set to
+        θ_t in the same pass. Returns ``False`` when a gradient is not finite: the step
+        must then be skipped (`after_inner_step` undoes it if it was taken anyway).
         """
-        slope = st["pending_slope"]
-        curvature = st.pop("pending_curvature", None)
-        if curvature is None:  # closure-free: both gradients come from different batches
-            curvature = gradient_difference(slope, lookahead_slope)
-        alpha = self._alpha_tensor(group, st)
-        valid = st["valid"]  # false on the first step and after an undone step
-        if group["beta"] > 0:
-            if "average" not in st:
-                st["average"] = torch.zeros(3, dtype=torch.float64, device=slope.device)
-            keep = valid & torch.isfinite(lookahead_slope) & torch.isfinite(curvature)
-            lookahead_slope, curvature, st["average"] = average_derivatives(
-                st["average"], alpha, lookahead_slope, curvature, keep, group["beta"])
-        result = newton_update(
-            alpha, slope, lookahead_slope, curvature,
-            loss_increase=st.pop("pending_loss_increase", None),
-            **{name: group[name] for name in _RULE_OPTIONS},
-        )
-        st["used_lr"] = alpha.clone()
-        st["lookahead_slope"] = lookahead_slope
-        st["curvature"] = result.curvature
-        st["safeguard"] = torch.where(valid, result.safeguard, int(Safeguard.FIRST_STEP))
-        if "pending_loss" in st:  # closure mode: the losses of the step this update describes
-            st["loss"] = st.pop("pending_loss")
-            st["lookahead_loss"] = st.pop("pending_lookahead_loss")
-        st["step"] += 1
-        self._set_alpha(group, torch.where(valid, result.lr, alpha.to(result.lr.dtype)))
-        # A non-finite lookahead slope means a non-finite gradient at the current point.
-        return torch.isfinite(lookahead_slope) & (result.finite | ~valid)
+        active = self._gather()
+        take = torch.ones((), dtype=torch.bool)
+        for a in active:
+            # With nothing pending s = θ_t already and B = ⟨g, 0⟩: NaN iff g is not finite.
+            fresh = self._inner_product(a, a.grads(), refresh=True)
+            alpha = self._alpha(a.group, a.state, fresh.device)
+            a.state.rule, decision = rule.before_step(
+                a.state.rule, Probe(fresh, torch.isfinite(fresh)), alpha, a.options)
+            self._carry_out(a, decision)
+            take = take & decision.accept.cpu()
+        taken = bool(take)  # a CPU flag
+        self._in_progress = _InProgress(active, taken, None)
+        return taken
 
-    def _shrink_where(self, group: dict[str, Any], st: dict[str, Any], keep: Tensor,
-                      factor: float | None = None,
-                      reason: Safeguard = Safeguard.NONFINITE) -> None:
-        """α ← clamp(α · factor) where ``keep`` is false (an undone step), without a sync."""
-        if F.nothing_to_undo(keep):
+    @torch.no_grad()
+    def after_inner_step(self, *, lookahead: bool) -> None:
+        """Measure $A = \\langle\nabla L(\theta_t), d_t\rangle$ per group after the inner step.
+
+        Without a lookahead (``lookahead=False``, the closure-free mode) the step is judged
+        at once; otherwise `after_lookahead` must follow.
+        """
+        progress = self._require("after_inner_step", "before_inner_step")
+        if not progress.taken:  # a non-finite gradient: the step is skipped
+            for a in progress.active:
+                F.restore_where(torch.zeros((), dtype=torch.bool), a.params, a.snapshots)
+            self._in_progress = None
             return
-        factor = group["nonfinite_factor"] if factor is None else factor
-        alpha = self._alpha_tensor(group, st)
-        shrunk = torch.clamp(alpha * factor, group["lr_min"], group["lr_max"])
-        self._set_alpha(group, torch.where(keep, alpha, shrunk.to(alpha.dtype)))
-        st["safeguard"] = torch.where(keep, st.get("safeguard", int(Safeguard.FIRST_STEP)),
-                                      int(reason))
+        progress.slopes = [self._inner_product(a, a.grads()) for a in progress.active]
+        if not lookahead:
+            self._judge(progress.active, progress.slopes, None, None, None)
+            self._in_progress = None
 
-    def _alpha_tensor(self, group: dict[str, Any], st: dict[str, Any]) -> Tensor:
-        alpha = self._alpha(group)
-        if isinstance(alpha, Tensor):
-            return alpha.detach()
-        return torch.tensor(alpha, dtype=torch.float64, device=st["step"].device)
+    @torch.no_grad()
+    def after_lookahead(self, loss: Tensor, lookahead_loss: Tensor,
+                        grads: list[Tensor | None] | None = None) -> bool:
+        """Judge the step from the evaluation at θ_{t+1} on the same batch; undo it if rejected.
+
+        Args:
+            loss: $L(\theta_t)$ on the batch.
+            lookahead_loss: $L(\theta_{t+1})$ on the same batch.
+            grads: the gradients at θ_{t+1}, one per parameter of the groups that moved,
+                in group order; by default each parameter's ``.grad``.
+
+        Returns:
+            Whether every group's step was kept.
+        """
+        progress = self._require("after_lookahead", "after_inner_step")
+        self._in_progress = None
+        if not progress.taken:
+            return False
+        assert progress.slopes is not None
+        it = iter(grads) if grads is not None else None
+        lookahead_slopes = [
+            self._inner_product(a, a.grads() if it is None else [next(it) for _ in a.params])
+            for a in progress.active]
+        return bool(self._judge(progress.active, progress.slopes, lookahead_slopes,
+                                loss.detach().reshape(()), lookahead_loss.detach().reshape(())))
+
+    def _moving(self) -> bool:
+        return self._in_progress is not None and bool(self._in_progress.active)
+
+    def _require(self, phase: str, before: str) -> _InProgress:
+        progress = self._in_progress
+        if progress is None or (phase == "after_lookahead" and progress.taken
+                                and progress.slopes is None) or (
+                phase == "after_inner_step" and progress.slopes is not None):
+            raise RuntimeError(f"NewtOptimizer.{phase}() must follow {before}()")
+        return progress
+
+    @torch.no_grad()
+    def abandon_step(self) -> None:
+        """Restore θ_t of every group and drop what was pending (after an exception)."""
+        progress, self._in_progress, self._reuse = self._in_progress, None, None
+        for a in progress.active if progress is not None else []:
+            F.restore_where(torch.zeros((), dtype=torch.bool), a.params, a.snapshots)
+            a.state.rule = a.state.rule._replace(pending=torch.zeros_like(a.state.rule.pending))
 
     # ------------------------------------------------------------------ step
     @torch.no_grad()
@@ -509,58 +623,78 @@ class NewtOptimizer(Optimizer):
         ``reuse_lookahead``), or without (after the user's ``backward()``).
 
         Returns:
-            The loss at $\theta_t$ returned by the closure, or ``None``.
+            The loss at $\theta_t$ returned by the closure (detached), or ``None``.
         """
         if closure is None:
-            self._step_without_closure()
+            self._reuse = None
+            self._check_closure_free()
+            if self.before_inner_step():
+                self._inner_step()
+            self.after_inner_step(lookahead=False)
             return None
         if not callable(closure):
             raise TypeError(
                 f"NewtOptimizer.step(closure=...) must be callable, got {type(closure).__name__}"
             )
-        return self._step_with_closure(closure)
+        loss = self._cached_loss(closure)
+        self._reuse = None
+        if loss is None:
+            loss = self._evaluate(closure)
+        if not math.isfinite(float(loss)):
+            return loss.detach()  # nothing sound to step from; parameters are left as they are
+        taken = self.before_inner_step()
+        if not taken or not self._moving():
+            self._in_progress = None  # skipped (a gradient is not finite), or nothing moves
+            return loss.detach()
+        self._inner_step()
+        self.after_inner_step(lookahead=True)
+        try:
+            lookahead_loss = self._evaluate(closure)
+        except BaseException:
+            self.abandon_step()  # θ_t back, nothing pending; the inner optimizer has stepped
+            raise
+        kept = self.after_lookahead(loss, lookahead_loss)
+        if self.reuse_lookahead and kept and math.isfinite(float(lookahead_loss)):
+            # θ_{t+1} was kept: its loss and gradients are the next step's first evaluation.
+            self._reuse = (closure, lookahead_loss.detach().reshape(()), self._versions())
+        return loss.detach()
 
-    def _check_mode(self, closure_free: bool) -> None:
-        if not closure_free:
-            return
-        for i, group in enumerate(self.param_groups):
-            if group["curvature"] == "loss" or group["slope"] == "same_batch":
-                option = ("curvature='loss'" if group["curvature"] == "loss"
+    def _check_closure_free(self) -> None:
+        for index, group in enumerate(self.param_groups):
+            options = self._group_options(index, group)
+            if options.curvature == "loss" or options.slope == "same_batch":
+                option = ("curvature='loss'" if options.curvature == "loss"
                           else "slope='same_batch'")
                 raise RuntimeError(
-                    f"param_groups[{i}]: {option} needs a second evaluation on the same batch, "
-                    "which only step(closure) provides; pass a closure, or use "
+                    f"param_groups[{index}]: {option} needs a second evaluation on the same "
+                    "batch, which only step(closure) provides; pass a closure, or use "
                     "curvature='gradient' and slope='next_batch' for closure-free steps"
                 )
 
-    def _step_without_closure(self) -> None:
-        self._check_mode(closure_free=True)
-        self._reuse = None
-        lists = []
+    def _cached_loss(self, closure: Callable[[], Any]) -> Tensor | None:
+        if not (self.reuse_lookahead and self._reuse is not None):
+            return None
+        cached_closure, cached_loss, versions = self._reuse
+        if cached_closure != closure:  # bound methods are new objects at each access
+            warnings.warn(
+                "NewtOptimizer(reuse_lookahead=True): step() got a different closure than "
+                "the last step, so the cached lookahead evaluation cannot be reused; "
+                "evaluating again (pass the same closure every step to save this call)",
+                RuntimeWarning, stacklevel=4,
+            )
+            return None
+        if versions != self._versions():  # parameters or gradients changed (e.g. zero_grad)
+            return None
+        return cached_loss
+
+    def _versions(self) -> list[int]:
+        """Version counters of every parameter and gradient (-1 for a missing gradient)."""
+        out = []
         for group in self.param_groups:
-            params, grads, snapshots = self._init_group(group)
-            lists.append((params, grads, snapshots))
-            if not params:
-                continue
-            st = self._group_state(group, params[0])
-            if "pending_slope" in st:
-                # This batch's gradient at θ_t is the lookahead of the last step.
-                finite = self._newton(group, st, self._inner_product(grads, snapshots, params))
-                F.restore_where(finite, params, snapshots)  # undo a step that went non-finite
-            else:
-                finite = F.all_finite(grads).to(st["step"].device)
-                self._shrink_where(group, st, finite)
-            F.zero_where(finite, grads)  # keep NaN out of the inner optimizer's state
-            F.copy_snapshot(snapshots, params, foreach=self.foreach)
-        self._inner_step()
-        for group, (params, grads, snapshots) in zip(self.param_groups, lists, strict=True):
-            if params:
-                st = group[_STATE_KEY]
-                st["pending_slope"] = self._inner_product(grads, snapshots, params)
-                st["valid"] = torch.isfinite(st["pending_slope"])
-                # An inner step that overflowed is undone now, not one batch later.
-                F.restore_where(st["valid"], params, snapshots)
-                self._shrink_where(group, st, st["valid"])
+            for p in group["params"]:
+                out.append(p._version)
+                out.append(-1 if p.grad is None else p.grad._version)
+        return out
 
     def _evaluate(self, closure: Callable[[], Any]) -> Tensor:
         with torch.enable_grad():
@@ -571,7 +705,7 @@ class NewtOptimizer(Optimizer):
                 "gradients, compute the loss, call loss.backward() and return the loss"
             )
         if not isinstance(loss, Tensor):
-            if isinstance(loss, bool) or not isinstance(loss, (int, float)):
+            if isinstance(loss, bool) or not isinstance(loss, numbers.Real):
                 raise TypeError(
                     f"NewtOptimizer.step(closure): the closure returned {type(loss).__name__}; "
                     "return the loss as a scalar tensor"
@@ -582,97 +716,4 @@ class NewtOptimizer(Optimizer):
                 f"NewtOptimizer.step(closure): the closure returned a tensor of shape "
                 f"{tuple(loss.shape)}; return a scalar loss (e.g. loss.mean())"
             )
-        return loss
-
-    def _versions(self) -> list[int]:
-        return [p._version for g in self.param_groups for p in g["params"]]
-
-    def _step_with_closure(self, closure: Callable[[], Any]) -> Any:
-        loss = None
-        if self.reuse_lookahead and self._reuse is not None:
-            cached_closure, cached_loss, versions = self._reuse
-            if cached_closure != closure:  # bound methods are new objects at each access
-                warnings.warn(
-                    "NewtOptimizer(reuse_lookahead=True): step() got a different closure than "
-                    "the last step, so the cached lookahead evaluation cannot be reused; "
-                    "evaluating again (pass the same closure every step to save this call)",
-                    RuntimeWarning, stacklevel=3,
-                )
-            elif versions == self._versions():
-                loss = cached_loss
-        self._reuse = None
-        if loss is None:
-            loss = self._evaluate(closure)
-        if not math.isfinite(float(loss)):
-            return loss  # nothing sound to step from; parameters are left as they are
-
-        lists = []
-        gradients_finite = torch.ones((), dtype=torch.bool)
-        for group in self.param_groups:
-            params, grads, snapshots = self._init_group(group)
-            lists.append((params, snapshots))
-            if not params:
-                continue
-            st = self._group_state(group, params[0])
-            if group["slope"] == "next_batch" and "pending_slope" in st:
-                # Slope at θ_t along the last displacement, from this (fresh) batch:
-                # free of the correlation between the last batch and its own update.
-                # The same pass over the parameters refreshes the snapshot s ← θ_t.
-                finite = self._newton(group, st,
-                                      self._inner_product(grads, snapshots, params, True))
-            else:
-                F.copy_snapshot(snapshots, params, foreach=self.foreach)
-                finite = F.all_finite(grads).to(st["step"].device)
-                self._shrink_where(group, st, finite)
-            gradients_finite = gradients_finite & finite.cpu()
-        if not bool(gradients_finite):
-            # A NaN/inf gradient at θ_t: keep it out of the inner optimizer's state and
-            # skip the step (α of the affected groups was shrunk).
-            return loss
-        self._inner_step()
-        slopes = [self._inner_product([p.grad for p in params], snapshots, params)
-                  if params else None for params, snapshots in lists]
-
-        lookahead_loss = self._evaluate(closure).detach()
-        loss_t = loss.detach()
-        all_kept = torch.isfinite(lookahead_loss)
-        active = sum(1 for params, _ in lists if params)
-        for group, (params, snapshots), slope in zip(self.param_groups, lists, slopes, strict=True):
-            if not params:
-                continue
-            st = group[_STATE_KEY]
-            st["pending_loss"], st["pending_lookahead_loss"] = loss_t, lookahead_loss
-            lookahead_slope = self._inner_product([p.grad for p in params], snapshots, params)
-            curvature = curvature_estimate(slope, lookahead_slope, loss_t, lookahead_loss,
-                                           group["curvature"])
-            finite = (torch.isfinite(slope) & torch.isfinite(lookahead_slope)
-                      & torch.isfinite(curvature) & torch.isfinite(lookahead_loss))
-            st["pending_slope"] = slope
-            st["pending_curvature"] = curvature
-            if group["curvature"] == "loss" or active == 1:
-                st["pending_loss_increase"] = lookahead_loss > loss_t
-            else:
-                # This group's share of the loss change, by the trapezoid rule along its own
-                # displacement: L(θ_t) − L(θ_{t+1}) ≈ (A + B)/2. Other groups' steps do not
-                # enter it, so each group's α stays its own.
-                st["pending_loss_increase"] = slope + lookahead_slope < 0
-            st["valid"] = torch.ones((), dtype=torch.bool, device=slope.device)
-            keep = finite
-            if group["reject"] and group["gamma"] > 0:  # undo a step that raised the loss
-                keep = finite & ~st["pending_loss_increase"]
-            if group["slope"] == "same_batch":
-                self._newton(group, st, lookahead_slope)  # the seed's rule: same-batch slope
-                st.pop("pending_slope")
-            else:
-                # Undone steps shrink α now; the Newton step waits for the next batch.
-                self._shrink_where(group, st, finite, group["nonfinite_factor"],
-                                   Safeguard.NONFINITE)
-                backoff = group["backoff"] ** (group["gamma"] if group["update"] == "log" else 1)
-                self._shrink_where(group, st, keep | ~finite, backoff, Safeguard.LOSS_INCREASE)
-                st["valid"] = keep
-            F.restore_where(keep, params, snapshots)
-            all_kept = all_kept & keep
-        if self.reuse_lookahead and bool(all_kept):
-            # θ_{t+1} was kept: its loss and gradients are the next step's first evaluation.
-            self._reuse = (closure, lookahead_loss, self._versions())
         return loss

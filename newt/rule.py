@@ -34,14 +34,22 @@ from typing import Literal, NamedTuple
 import torch
 from torch import Tensor
 
+from newt.options import NewtOptions
+
 __all__ = [
     "Curvature",
+    "Decision",
+    "Outcome",
+    "Probe",
+    "RuleState",
     "Safeguard",
     "StepSizeUpdate",
     "Update",
-    "average_derivatives",
+    "after_step",
+    "before_step",
     "curvature_estimate",
     "gradient_difference",
+    "init",
     "loss_difference",
     "newton_update",
     "update_lr",
@@ -71,7 +79,9 @@ class Safeguard(enum.IntEnum):
     NONFINITE = 6
     """A loss or inner product was NaN/inf: the step was undone and α shrunk."""
     FIRST_STEP = 7
-    """No lookahead to use yet (the first step, or the step after an undone one): α kept."""
+    """No lookahead to use yet (the first step): α kept."""
+    SKIPPED = 8
+    """The gradient at θ_t was not finite: the step was skipped; α and the parameters kept."""
 
 
 class StepSizeUpdate(NamedTuple):
@@ -125,48 +135,6 @@ def curvature_estimate(
     return loss_difference(loss, lookahead_loss, lookahead_slope)
 
 
-def average_derivatives(
-    average: Tensor,
-    lr: Tensor,
-    lookahead_slope: Tensor,
-    curvature: Tensor,
-    keep: Tensor,
-    beta: float,
-) -> tuple[Tensor, Tensor, Tensor]:
-    r"""Exponential moving averages of $g_t'(\alpha_t)$ and $g_t''(\alpha_t)$.
-
-    With $g' = -B/\alpha$ and $g'' \approx C/\alpha^2$ (scale-free in α),
-
-    $$
-    m_1 \leftarrow \beta m_1 + (1-\beta)\, g', \qquad
-    m_2 \leftarrow \beta m_2 + (1-\beta)\, g'', \qquad n \leftarrow n + 1,
-    $$
-
-    and the averaged, bias-corrected $B, C$ at the current α are returned:
-    $\bar B = -\alpha\, m_1 / (1-\beta^n)$, $\bar C = \alpha^2 m_2 / (1-\beta^n)$.
-    Where ``keep`` is false (non-finite or stale values) the averages do not move.
-
-    Args:
-        average: the state ``[m_1, m_2, n]`` as a tensor of shape (3,).
-        lr: α_t.
-        lookahead_slope: B.
-        curvature: C.
-        keep: whether this step's values may enter the average.
-        beta: the averaging coefficient in [0, 1).
-
-    Returns:
-        ``(B̄, C̄, new_average)``.
-    """
-    dtype = average.dtype
-    lr = lr.to(dtype)
-    values = torch.stack([-lookahead_slope.to(dtype) / lr, curvature.to(dtype) / lr**2])
-    moved = torch.cat([beta * average[:2] + (1 - beta) * values, (average[2:] + 1)])
-    new = torch.where(keep, moved, average)
-    correction = 1 - beta ** torch.clamp(new[2], min=1.0)
-    mean = new[:2] / correction
-    return -lr * mean[0], lr**2 * mean[1], new
-
-
 def update_lr(
     lr: Tensor,
     slope: Tensor,
@@ -211,6 +179,7 @@ def newton_update(
     nonconvex_factor: float = 1.0,
     nonfinite_factor: float = 0.1,
     update: Update = "log",
+    scale: Tensor | float = 1.0,
 ) -> StepSizeUpdate:
     r"""One safeguarded, damped Newton step on the step size α.
 
@@ -240,6 +209,14 @@ def newton_update(
     With ``gamma=1``, no clamps and ``eps=0`` this is the exact line-search step
     $\langle\nabla L(\theta_t), u\rangle / (u^\top H u)$ on a quadratic.
 
+    Under an LR schedule the step taken was $s\,\alpha_t$ (``scale`` $= s$,
+    the scheduled factor lr / initial_lr) and its line-search optimum is
+    $s\,\alpha_t f$. That is the target of the *unscheduled* α, so the factor
+    applied to α is $s f$, and its damping is $\gamma \min(1, s)$: the
+    schedule then scales the learned α instead of being compensated by it,
+    and as $s \to 0$ (the end of a cosine, where the displacement carries
+    little information) α is held. An α of exactly 0 (a frozen group) stays 0.
+
     Returns:
         A `StepSizeUpdate` of 0-d tensors in the promoted dtype of ``lr``
         and the inner products.
@@ -248,6 +225,8 @@ def newton_update(
     dtype = torch.promote_types(lr.dtype, slope.dtype)
     A, B, C = slope.to(dtype), lookahead_slope.to(dtype), curvature.to(dtype)
     one = torch.ones((), dtype=dtype, device=A.device)
+    s = torch.as_tensor(scale, dtype=dtype, device=A.device)
+    gamma = gamma * torch.clamp(s, max=1.0)  # γ·min(1, s): hold α as the schedule vanishes
 
     finite = torch.isfinite(A) & torch.isfinite(B) & torch.isfinite(C)
     if losses_finite is not None:
@@ -263,9 +242,10 @@ def newton_update(
         # e^{B/C}: the same first-order step in log α, but unbiased when B is noisy
         # (E[log(1 + B/C)] < log(1 + E[B]/C) drifts α down; E[B/C] does not).
         newton = torch.exp(torch.clamp(B / torch.where(convex, C, one), -50.0, 50.0))
+
+    newton = newton * s  # the target of the unscheduled α is s·α·f (see above)
     if update == "linear":
         newton = 1.0 + gamma * (newton - 1.0)
-
     factor = torch.where(convex, newton, nonconvex_factor * one)
     factor = torch.where(loss_increase, torch.minimum(factor, backoff * one), factor)
     code = torch.where(
@@ -286,7 +266,210 @@ def newton_update(
     code = torch.where(finite, code, int(Safeguard.NONFINITE))
 
     proposed = lr.to(dtype) * factor
-    new_lr = torch.clamp(proposed, lr_min, lr_max)
+    new_lr = torch.where(lr == 0, lr.to(dtype), torch.clamp(proposed, lr_min, lr_max))
     code = torch.where((new_lr != proposed) & (code == int(Safeguard.NEWTON)),
                        int(Safeguard.LR_CLAMP), code)
     return StepSizeUpdate(new_lr, C, code, finite)
+
+
+# ----------------------------------------------------------------------------- the controller
+# The optimizer is plumbing: it measures the inner products and losses below and
+# carries out the decisions; every scalar choice is made here. A step offers two
+# decision points per group:
+#
+#   before_step: at θ_t, with this batch's gradient. The pending step's fresh slope
+#       B = ⟨∇L_{batch t}(θ_t), d_{t−1}⟩ arrives → the Newton update gives α_t.
+#   after_step:  after the inner step d_t (and, with a closure, the lookahead at
+#       θ_{t+1} on the same batch) → keep or undo d_t; α after it.
+#
+# The controller's state is its own (`RuleState`); a different controller with the
+# same three functions (init, before_step, after_step) replaces it.
+
+
+class RuleState(NamedTuple):
+    """The controller's state for one group (0-d tensors on the group's device)."""
+
+    pending: Tensor
+    """bool: a kept step awaits the slope of a fresh batch along its displacement."""
+    slope: Tensor
+    """A = ⟨∇L(θ_t), d_t⟩ of the pending step, on its own batch."""
+    curvature: Tensor
+    """C of the pending step from the same-batch lookahead (closure mode)."""
+    same_batch_curvature: Tensor
+    """bool: ``curvature`` was measured (closure mode); else C = A − B with the fresh B."""
+    loss_increase: Tensor
+    """bool: the pending step raised its batch's loss (kept because ``reject`` is off)."""
+    loss: Tensor
+    """L(θ_t) of the pending step's batch (closure mode; NaN otherwise), for the record."""
+    lookahead_loss: Tensor
+    """L(θ_{t+1}) on that batch (closure mode; NaN otherwise), for the record."""
+    scale: Tensor
+    """The schedule's factor s = lr / initial_lr the pending step was taken at (1 unscheduled)."""
+    updates: Tensor
+    """int64: how many Newton updates α has had."""
+
+
+class Probe(NamedTuple):
+    """What ``before_step`` sees: this batch's gradient at θ_t (0-d tensors)."""
+
+    fresh_slope: Tensor
+    """B = ⟨∇L_{batch t}(θ_t), d_{t−1}⟩ (meaningful only while a step is pending)."""
+    gradient_finite: Tensor
+    """bool: the gradient at θ_t has no NaN/inf."""
+
+
+class Outcome(NamedTuple):
+    """What ``after_step`` sees of the step d_t just taken (0-d tensors)."""
+
+    slope: Tensor
+    """A = ⟨∇L_{batch t}(θ_t), d_t⟩."""
+    lookahead_slope: Tensor | None
+    """B = ⟨∇L_{batch t}(θ_{t+1}), d_t⟩ on the same batch (closure mode), else ``None``."""
+    loss: Tensor | None
+    """L_{batch t}(θ_t) (closure mode), else ``None``."""
+    lookahead_loss: Tensor | None
+    """L_{batch t}(θ_{t+1}) (closure mode), else ``None``."""
+    own_loss: bool
+    """The loss change is this group's alone (one group stepped): judge it by the losses;
+    else by the group's own trapezoid share (A + B)/2."""
+    scale: Tensor
+    """The schedule's factor s of this step."""
+
+
+class Decision(NamedTuple):
+    """What the controller decided (0-d tensors)."""
+
+    alpha: Tensor
+    """The learned α from now on (unscheduled scale)."""
+    accept: Tensor
+    """bool. before_step: take this step (false: skip it). after_step: keep d_t (false: undo)."""
+    safeguard: Tensor
+    """int64 `Safeguard` code of what happened."""
+    report: Tensor
+    """bool: this decision replaces the last one in `newt.NewtOptimizer.last_stats`."""
+    used_alpha: Tensor
+    """The α of the step this decision is about."""
+    lookahead_slope: Tensor
+    """The lookahead slope B the decision used (NaN if none)."""
+    curvature: Tensor
+    """The curvature C the decision used (NaN if none)."""
+    loss: Tensor
+    """L(θ_t) of the step it is about (NaN without a closure)."""
+    lookahead_loss: Tensor
+    """L(θ_{t+1}) of that step on the same batch (NaN without a closure)."""
+
+
+def _rule_options(options: NewtOptions) -> dict[str, float | str]:
+    names = ("update", "gamma", "eps", "lr_min", "lr_max", "factor_min", "factor_max",
+             "backoff", "nonconvex_factor", "nonfinite_factor")
+    return {name: getattr(options, name) for name in names}
+
+
+def _shrink(alpha: Tensor, factor: float, options: NewtOptions) -> Tensor:
+    """clamp(α·factor, lr_min, lr_max); a frozen α = 0 stays 0."""
+    return torch.where(alpha == 0, alpha,
+                       torch.clamp(alpha * factor, options.lr_min, options.lr_max))
+
+
+def init(device: torch.device) -> RuleState:
+    """The state before the first step: nothing pending."""
+    false = torch.zeros((), dtype=torch.bool, device=device)
+    nan = torch.full((), float("nan"), dtype=torch.float64, device=device)
+    return RuleState(pending=false, slope=nan, curvature=nan, same_batch_curvature=false,
+                     loss_increase=false, loss=nan, lookahead_loss=nan,
+                     scale=torch.ones((), dtype=torch.float64, device=device),
+                     updates=torch.zeros((), dtype=torch.int64, device=device))
+
+
+def before_step(state: RuleState, probe: Probe, alpha: Tensor,
+                options: NewtOptions) -> tuple[RuleState, Decision]:
+    r"""At $\theta_t$: the Newton update of the pending step, and whether to step.
+
+    With the pending step's $A$, its curvature $C$ (same-batch, or
+    $A - B$ with this batch's $B$ when there was no lookahead) and the fresh
+    slope $B$: $\alpha_t = $ `newton_update`$(\alpha_{t-1}, A, B, C)$.
+    A non-finite gradient skips the step: α is kept, the parameters are not
+    touched, and the pending step is dropped (its fresh slope is lost).
+    """
+    B = probe.fresh_slope.to(state.slope.dtype)
+    finite = probe.gradient_finite & (torch.isfinite(B) | ~state.pending)
+    C = torch.where(state.same_batch_curvature, state.curvature, state.slope - B)
+    update = newton_update(alpha, state.slope, B, C, loss_increase=state.loss_increase,
+                           scale=state.scale, **_rule_options(options))
+    updated = state.pending & finite
+    new_alpha = torch.where(updated, update.lr.to(alpha.dtype), alpha)
+    safeguard = torch.where(finite, update.safeguard, int(Safeguard.SKIPPED))
+    nan = torch.full_like(state.slope, float("nan"))
+    decision = Decision(
+        alpha=new_alpha, accept=finite, safeguard=safeguard, report=updated | ~finite,
+        used_alpha=alpha, lookahead_slope=torch.where(updated, B, nan),
+        curvature=torch.where(updated, update.curvature.to(nan.dtype), nan),
+        loss=state.loss, lookahead_loss=state.lookahead_loss,
+    )
+    false = torch.zeros_like(state.pending)
+    return state._replace(pending=false, updates=state.updates + updated.long()), decision
+
+
+def after_step(state: RuleState, outcome: Outcome, alpha: Tensor,
+               options: NewtOptions) -> tuple[RuleState, Decision]:
+    r"""After the inner step $d_t$: keep or undo it, and α after it.
+
+    - A non-finite $A$, lookahead slope or lookahead loss: undo, α × `nonfinite_factor`.
+    - Closure mode, loss increase (the loss rose on the batch; with several
+      groups, the group's own trapezoid share $(A + B)/2 < 0$): with `reject`
+      (and γ > 0) undo and α × backoff^γ (backoff with ``update="linear"``).
+    - ``slope="same_batch"`` (the seed's rule): the Newton update
+      $\alpha_{t+1} =$ `newton_update`$(\alpha_t, A, B, C)$ at once.
+    - Otherwise the step is kept and waits for the next batch's slope
+      (`before_step`), with its same-batch curvature if there was a lookahead.
+    """
+    A = outcome.slope.to(state.slope.dtype)
+    closure = outcome.lookahead_slope is not None
+    nan = torch.full_like(A, float("nan"))
+    if not closure:
+        finite = torch.isfinite(A)
+        new_alpha = torch.where(finite, alpha, _shrink(alpha, options.nonfinite_factor, options))
+        new_state = state._replace(pending=finite, slope=A, curvature=nan,
+                                   same_batch_curvature=torch.zeros_like(finite),
+                                   loss_increase=torch.zeros_like(finite), loss=nan,
+                                   lookahead_loss=nan, scale=outcome.scale.to(A.dtype))
+        return new_state, Decision(
+            alpha=new_alpha, accept=finite, safeguard=torch.full_like(
+                state.updates, int(Safeguard.NONFINITE)), report=~finite, used_alpha=alpha,
+            lookahead_slope=nan, curvature=nan, loss=nan, lookahead_loss=nan)
+
+    assert outcome.lookahead_slope is not None
+    assert outcome.loss is not None and outcome.lookahead_loss is not None
+    B = outcome.lookahead_slope.to(A.dtype)
+    L0, L1 = outcome.loss.to(A.dtype), outcome.lookahead_loss.to(A.dtype)
+    C = curvature_estimate(A, B, L0, L1, options.curvature)
+    finite = (torch.isfinite(A) & torch.isfinite(B) & torch.isfinite(C)
+              & torch.isfinite(L0) & torch.isfinite(L1))
+    if outcome.own_loss or options.curvature == "loss":
+        increase = L1 > L0
+    else:
+        increase = A + B < 0  # this group's share of L(θ_t) − L(θ_{t+1}) ≈ (A + B)/2 is negative
+    rejected = finite & increase & (options.reject and options.gamma > 0)
+    accept = finite & ~rejected
+
+    if options.slope == "same_batch":
+        update = newton_update(alpha, A, B, C, loss_increase=increase, scale=outcome.scale,
+                               **_rule_options(options))
+        return state._replace(pending=torch.zeros_like(accept),
+                              updates=state.updates + finite.long()), Decision(
+            alpha=update.lr.to(alpha.dtype), accept=accept, safeguard=update.safeguard,
+            report=torch.ones_like(accept), used_alpha=alpha, lookahead_slope=B,
+            curvature=update.curvature.to(A.dtype), loss=L0, lookahead_loss=L1)
+
+    exponent = 1.0 if options.update == "linear" else options.gamma
+    new_alpha = torch.where(
+        ~finite, _shrink(alpha, options.nonfinite_factor, options),
+        torch.where(rejected, _shrink(alpha, options.backoff**exponent, options), alpha))
+    safeguard = torch.where(finite, int(Safeguard.LOSS_INCREASE), int(Safeguard.NONFINITE))
+    new_state = state._replace(pending=accept, slope=A, curvature=C,
+                               same_batch_curvature=torch.ones_like(accept),
+                               loss_increase=increase, loss=L0, lookahead_loss=L1,
+                               scale=outcome.scale.to(A.dtype))
+    return new_state, Decision(
+        alpha=new_alpha, accept=accept, safeguard=safeguard, report=~accept, used_alpha=alpha,
+        lookahead_slope=B, curvature=C, loss=L0, lookahead_loss=L1)

@@ -7,10 +7,13 @@ that the training loop drives by hand::
     newt.step_setup(loss, x, y)  # lookahead forward/backward at θ_{t+1}
     newt.step()                  # α_{t+1} from the lookahead
 
-This module keeps that API and its names (`NewtConfig`) but computes
-everything with newt's own pieces: the inner products with
-`newt.functional.group_inner_product` and the new α with
-`newt.rule.update_lr` under the `newt.presets.SEED` constants.
+This module keeps that API and its names (`NewtConfig`) as an adapter over
+`newt.NewtOptimizer(optimizer, preset="seed")`: the optimizer's step hooks
+run the core's phases (`NewtOptimizer.before_inner_step`,
+`NewtOptimizer.after_inner_step`) around the user's own inner step, and
+``step_setup`` hands the lookahead to `NewtOptimizer.after_lookahead`. So
+``Newt`` and ``NewtOptimizer(preset="seed")`` take the same decisions with
+the same code.
 Unlike the seed it handles several parameter groups (one α each), records the
 current loss in the loss-difference mode, leaves BatchNorm running statistics
 untouched by the lookahead, and saves a ``state_dict`` of tensors and numbers
@@ -35,14 +38,17 @@ from torch import Tensor, nn
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 
-from newt import functional as F
-from newt.optimizer import _RULE_OPTIONS, NewtOptimizer, _check_options
+from newt.optimizer import NewtOptimizer
+from newt.options import NewtOptions
 from newt.presets import SEED
-from newt.rule import Safeguard, update_lr
 
 __all__ = ["Newt", "NewtConfig"]
 
 _CONFIG_FIELDS = ("use_alternate_approx", "gamma", "epsilon", "lr_clamp_min", "lr_clamp_max")
+_CONFIG_NAMES = {"curvature": "use_alternate_approx", "eps": "epsilon",
+                 "lr_min": "lr_clamp_min", "lr_max": "lr_clamp_max"}
+_RULE_OPTIONS = ("update", "gamma", "eps", "lr_min", "lr_max", "factor_min", "factor_max",
+                 "backoff", "nonconvex_factor", "nonfinite_factor")
 
 
 @dataclass
@@ -70,6 +76,15 @@ class NewtConfig:
     lr_clamp_min: float = SEED["lr_min"]
     lr_clamp_max: float = SEED["lr_max"]
 
+    def newt_options(self) -> dict[str, Any]:
+        """The keyword options of ``NewtOptimizer(preset="seed")`` this config stands for."""
+        if not isinstance(self.use_alternate_approx, bool):
+            raise TypeError(f"NewtConfig(use_alternate_approx={self.use_alternate_approx!r}): "
+                            "pass True or False")
+        return {"curvature": "loss" if self.use_alternate_approx else "gradient",
+                "gamma": self.gamma, "eps": self.epsilon,
+                "lr_min": self.lr_clamp_min, "lr_max": self.lr_clamp_max}
+
     def rule_options(self) -> dict[str, Any]:
         """The keyword options of `newt.rule.update_lr` this config stands for.
 
@@ -77,26 +92,17 @@ class NewtConfig:
         `newt.presets.SEED`: linear damping, the factor clamped to
         [0, 1.05], ×0.1 when the loss rises, no change on non-positive curvature.
         """
-        options = self._options()
+        options = NewtOptions.resolve("seed", self.newt_options(), where="NewtConfig",
+                                      names=_CONFIG_NAMES).as_dict()
         return {"curvature": options["curvature"],
                 **{name: options[name] for name in _RULE_OPTIONS}}
-
-    def _options(self) -> dict[str, Any]:
-        return {
-            **SEED,
-            "curvature": "loss" if self.use_alternate_approx else "gradient",
-            "gamma": self.gamma,
-            "eps": self.epsilon,
-            "lr_min": self.lr_clamp_min,
-            "lr_max": self.lr_clamp_max,
-        }
 
 
 def _pre_hook(ref: weakref.ref[Newt]) -> Callable[..., None]:
     def hook(optimizer: Optimizer, args: Any, kwargs: Any) -> None:
         newt = ref()
         if newt is not None:
-            newt._before_inner_step()
+            newt._taken = newt.core.before_inner_step()
     return hook
 
 
@@ -104,7 +110,8 @@ def _post_hook(ref: weakref.ref[Newt]) -> Callable[..., None]:
     def hook(optimizer: Optimizer, args: Any, kwargs: Any) -> None:
         newt = ref()
         if newt is not None:
-            newt._after_inner_step()
+            newt.core.after_inner_step(lookahead=True)
+            newt._stage = "stepped"
     return hook
 
 
@@ -193,7 +200,8 @@ class Newt(LRScheduler):
                 "NewtConfig(loss_criterion=...) must be callable as loss_criterion(model(x), y), "
                 f"got {type(config.loss_criterion).__name__}"
             )
-        _check_options(config._options(), "NewtConfig")
+        NewtOptions.resolve("seed", config.newt_options(), where="NewtConfig",
+                            names=_CONFIG_NAMES)
         for i, group in enumerate(optimizer.param_groups):
             if group.get("differentiable", False):
                 raise RuntimeError(
@@ -201,67 +209,30 @@ class Newt(LRScheduler):
                     "build the optimizer with differentiable=False"
                 )
         self.config = config
-        # Per group: indices of the parameters stepped, θ_t buffers (reused across
-        # steps), and the scalars of the pending α update.
-        self._indices: list[list[int]] = []
-        self._snapshots: dict[tuple[int, int], Tensor] = {}
-        self._pending: list[dict[str, Tensor]] | None = None
+        self.core = NewtOptimizer(optimizer, preset="seed", **config.newt_options())
+        """The core that learns α: the seed's rule, driven by the optimizer's step hooks."""
         self._stage = "idle"  # idle → stepped (optimizer.step) → ready (step_setup) → idle
-        self._safeguards: list[Tensor | None] = []
+        self._taken = False
+        self._updated: list[bool] = []
         self._warned_no_setup = False
         ref = weakref.ref(self)
         self._hooks = [optimizer.register_step_pre_hook(_pre_hook(ref)),
                        optimizer.register_step_post_hook(_post_hook(ref))]
         super().__init__(optimizer, last_epoch)
+        for group in optimizer.param_groups:
+            # Newt owns lr (it is α): no other schedule scales it, so the core must not
+            # read the "initial_lr" an LR scheduler leaves behind as one.
+            group.pop("initial_lr", None)
 
     def __del__(self) -> None:
         # Unhook from the optimizer (the seed's example builds a new Newt every epoch).
         for handle in getattr(self, "_hooks", ()):
             handle.remove()
 
-    # ------------------------------------------------------------------ hooks
-    def _params(self, gi: int) -> list[Tensor]:
-        params = self.optimizer.param_groups[gi]["params"]
-        return [params[i] for i in self._indices[gi]]
-
-    def _snaps(self, gi: int) -> list[Tensor]:
-        return [self._snapshots[gi, i] for i in self._indices[gi]]
-
-    @torch.no_grad()
-    def _before_inner_step(self) -> None:
-        """Record θ_t (the parameters the inner step will move) into newt's buffers."""
-        self._indices = []
-        for gi, group in enumerate(self.optimizer.param_groups):
-            indices = [i for i, p in enumerate(group["params"])
-                       if p.requires_grad and p.grad is not None]
-            self._indices.append(indices)
-            for i in indices:
-                p = group["params"][i]
-                s = self._snapshots.get((gi, i))
-                if s is None or s.shape != p.shape or s.dtype != p.dtype or s.device != p.device:
-                    self._snapshots[gi, i] = torch.empty_like(
-                        p, memory_format=torch.preserve_format)
-            F.copy_snapshot(self._snaps(gi), self._params(gi))
-        self._pending = None
-        self._stage = "snapshot"
-
-    @torch.no_grad()
-    def _after_inner_step(self) -> None:
-        """A_t = ⟨∇L(θ_t), θ_t − θ_{t+1}⟩ per group, while p.grad still holds ∇L(θ_t)."""
-        pending = []
-        for gi in range(len(self.optimizer.param_groups)):
-            params = self._params(gi)
-            grads = [p.grad for p in params]
-            pending.append({"slope": self._inner_product(grads, gi)} if params else {})
-        self._pending = pending
-        self._stage = "stepped"
-
-    def _inner_product(self, grads: list[Tensor], gi: int) -> Tensor:
-        params = self._params(gi)
-        dtype = torch.promote_types(torch.float32, max((p.dtype for p in params),
-                                                      key=lambda d: d.itemsize))
-        dtype = dtype.to_real() if dtype.is_complex else dtype
-        return F.group_inner_product(grads, self._snaps(gi), params, out_dtype=dtype)
+    def _moved(self) -> list[Tensor]:
+        """The parameters the inner step moved (those with a gradient), in group order."""
+        return [p for g in self.optimizer.param_groups for p in g["params"]
+                if p.requires_grad and p.grad is not None]
 
     # ------------------------------------------------------------------ the seed's API
     def step_setup(self, loss: Tensor, x: Any, y: Any) -> None:
@@ -270,16 +241,18 @@ class Newt(LRScheduler):
         Call it right after ``optimizer.step()``. It evaluates
         ``loss_criterion(model(x), y)`` at the new parameters and its gradient
         (with ``torch.autograd.grad``: the ``.grad`` fields are left as they
-        are), records ``loss`` as $L(\\theta_t)$, and restores the
-        model's buffers afterwards so BatchNorm running statistics are updated
-        once per step. The model stays in its mode: dropout draws fresh masks.
+        are), and hands both to the core, which decides α (and undoes a step
+        whose lookahead is not finite) now; `step` then publishes the new α.
+        The model's buffers are restored afterwards, so BatchNorm running
+        statistics are updated once per step. The model stays in its mode:
+        dropout draws fresh masks.
 
         Args:
             loss: the loss at θ_t on this batch (the one ``backward()`` was called on).
             x: the model input of this batch.
             y: the target of this batch.
         """
-        if self._stage != "stepped" or self._pending is None:
+        if self._stage != "stepped":
             raise RuntimeError(
                 "Newt.step_setup() must follow optimizer.step(): call optimizer.step() first, "
                 "then newt.step_setup(loss, x, y), then newt.step()"
@@ -290,39 +263,39 @@ class Newt(LRScheduler):
                 f"{type(loss).__name__}"
                 + (f" of shape {tuple(loss.shape)}" if isinstance(loss, Tensor) else "")
             )
+        self._stage = "ready"
+        if not self._taken:  # a non-finite gradient: the core skipped (undid) the step
+            self._updated = [False] * len(self.optimizer.param_groups)
+            return
         model, criterion = self.config.model, self.config.loss_criterion
         assert model is not None and criterion is not None  # checked in __init__
-        flat = [p for gi in range(len(self._indices)) for p in self._params(gi)]
+        moved = self._moved()
         buffers = list(model.buffers())
         with torch.no_grad():
             saved = [b.clone() for b in buffers]
         try:
             with torch.enable_grad():
                 lookahead_loss = criterion(model(x), y)
-                grads = torch.autograd.grad(lookahead_loss, flat, allow_unused=True) if flat else ()
+                grads = (torch.autograd.grad(lookahead_loss, moved, allow_unused=True)
+                         if moved else ())
+        except BaseException:
+            self.core.abandon_step()
+            raise
         finally:
             with torch.no_grad():
                 for b, s in zip(buffers, saved, strict=True):
                     b.copy_(s)  # the lookahead must not move BatchNorm running statistics
         with torch.no_grad():
-            it = iter(grads)
-            for gi, st in enumerate(self._pending):
-                params = self._params(gi)
-                if not params:
-                    continue
-                g = [next(it) for _ in params]
-                g = [torch.zeros_like(p) if gp is None else gp for gp, p in zip(g, params,
-                                                                               strict=True)]
-                st["lookahead_slope"] = self._inner_product(g, gi)
-                st["loss"] = loss.detach().reshape(())
-                st["lookahead_loss"] = lookahead_loss.detach().reshape(())
-        self._stage = "ready"
+            self.core.after_lookahead(loss, lookahead_loss, list(grads))
+        self._updated = [any(p.requires_grad and p.grad is not None for p in g["params"])
+                         for g in self.optimizer.param_groups]
 
     def get_lr(self) -> list[float | Tensor]:
-        """The next α of each group (the current one where there is nothing to learn from)."""
+        """The α of each group, as the core left it (the current one where it learned nothing)."""
         current = [g["lr"] for g in self.optimizer.param_groups]
+        current = [lr.clone() if isinstance(lr, Tensor) else lr for lr in current]
         if self._is_initial:
-            return [lr.clone() if isinstance(lr, Tensor) else lr for lr in current]
+            return current
         if self._stage != "ready":
             if not self._warned_no_setup:
                 warnings.warn(
@@ -331,67 +304,49 @@ class Newt(LRScheduler):
                     RuntimeWarning, stacklevel=3,
                 )
                 self._warned_no_setup = True
-            self._safeguards = [None] * len(current)
-            return [lr.clone() if isinstance(lr, Tensor) else lr for lr in current]
-        assert self._pending is not None
-        options = self.config.rule_options()
-        out: list[float | Tensor] = []
-        self._safeguards = []
-        for gi, (lr, st) in enumerate(zip(current, self._pending, strict=True)):
-            if "lookahead_slope" not in st:  # no parameter of this group moved
-                out.append(lr.clone() if isinstance(lr, Tensor) else lr)
-                self._safeguards.append(None)
-                continue
-            lr_t = lr.detach() if isinstance(lr, Tensor) else torch.tensor(lr, dtype=torch.float64)
-            result = update_lr(lr_t, st["slope"], st["lookahead_slope"], st["loss"],
-                               st["lookahead_loss"], **options)
-            with torch.no_grad():
-                F.restore_where(result.finite, self._params(gi), self._snaps(gi))  # undo NaN steps
-            self._safeguards.append(result.safeguard)
-            out.append(result.lr.to(lr.dtype) if isinstance(lr, Tensor) else result.lr.item())
-        self._pending = None
+            self._updated = [False] * len(current)
         self._stage = "idle"
-        return out
+        return current
 
     def last_safeguards(self) -> list[str | None]:
         """Per group, the `newt.rule.Safeguard` that decided the last α (lower case).
 
         ``None`` for a group whose α was not updated at the last `step`.
         """
-        return [None if s is None else Safeguard(int(s)).name.lower() for s in self._safeguards]
+        stats = self.core.last_stats()
+        return [s.safeguard if updated and s is not None else None
+                for s, updated in zip(stats, self._updated, strict=False)]
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:
-        """Counters, learning rates, the config's numbers and a pending update.
+        """Counters, learning rates, the config's numbers and the core's state.
 
         Plain numbers, lists, dicts keyed by index and tensors only: no model,
         no loss object, no ``Parameter`` keys; ``torch.load(weights_only=True)``
-        reads it back. θ_t buffers are saved only between ``optimizer.step()``
-        and `step`, when they are still needed.
+        reads it back. A checkpoint taken between ``optimizer.step()`` and
+        ``step_setup`` resumes after that step, as if it had had no lookahead.
         """
-        state: dict[str, Any] = {
+        core = {k: v for k, v in self.core.state_dict().items() if k != "inner"}
+        return {
             "last_epoch": self.last_epoch,
             "_step_count": self._step_count,
             "base_lrs": list(self.base_lrs),
             "_last_lr": list(self._last_lr),
             "config": {name: getattr(self.config, name) for name in _CONFIG_FIELDS},
-            "stage": self._stage,
-            "safeguards": list(self._safeguards),
+            "stage": "ready" if self._stage == "ready" else "idle",
+            "updated": list(self._updated),
+            "core": core,
         }
-        if self._stage in ("stepped", "ready"):
-            state["indices"] = [list(ix) for ix in self._indices]
-            state["snapshots"] = [[s.clone() for s in self._snaps(gi)]
-                                  for gi in range(len(self._indices))]
-            state["pending"] = [dict(st) for st in self._pending or []]
-        return state
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Load a `state_dict`; the config's model and loss criterion are kept."""
-        missing = {"last_epoch", "_step_count", "base_lrs", "_last_lr", "config"} - set(state_dict)
+        missing = {"last_epoch", "_step_count", "base_lrs", "_last_lr", "config",
+                   "core"} - set(state_dict)
         if missing:
             raise ValueError(
                 f"Newt.load_state_dict: missing {sorted(missing)}; this is not a Newt state_dict "
-                "(the seed's Newt saved the model object instead and cannot be resumed)"
+                "of this version (newt 0.1.0 kept another format, and the seed's Newt saved "
+                "the model object instead; neither can be resumed)"
             )
         groups = len(self.optimizer.param_groups)
         if len(state_dict["_last_lr"]) != groups:
@@ -404,17 +359,10 @@ class Newt(LRScheduler):
         self.base_lrs = list(state_dict["base_lrs"])
         self._last_lr = list(state_dict["_last_lr"])
         self.config = dataclasses.replace(self.config, **state_dict["config"])
-        self._safeguards = list(state_dict.get("safeguards", [None] * groups))
+        self.core.load_state_dict({**state_dict["core"], "inner": self.optimizer.state_dict()})
+        options = NewtOptions.resolve("seed", self.config.newt_options(), where="NewtConfig",
+                                      names=_CONFIG_NAMES).as_dict()
+        for group in self.optimizer.param_groups:
+            group["newt"] = dict(options)  # the config's numbers win
         self._stage = state_dict.get("stage", "idle")
-        self._pending = None
-        if self._stage in ("stepped", "ready"):
-            self._indices = [list(ix) for ix in state_dict["indices"]]
-            self._snapshots = {}
-            for gi, (ix, snaps) in enumerate(zip(self._indices, state_dict["snapshots"],
-                                                 strict=True)):
-                for i, s in zip(ix, snaps, strict=True):
-                    p = self.optimizer.param_groups[gi]["params"][i]
-                    self._snapshots[gi, i] = s.to(device=p.device, dtype=p.dtype).clone()
-            self._pending = [dict(st) for st in state_dict["pending"]]
-        else:
-            self._stage = "idle"
+        self._updated = list(state_dict.get("updated", [False] * groups))

@@ -34,7 +34,7 @@ ORACLE_OPTIONS = {
     "gamma": 1.0,
     "factor_min": 0.0,
     "factor_max": math.inf,
-    "lr_min": 0.0,
+    "lr_min": 1e-300,  # must be > 0; far below any α the tests reach
     "lr_max": math.inf,
     "eps": 0.0,
     "backoff": 1.0,

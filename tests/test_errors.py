@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -49,8 +51,31 @@ CONSTRUCTION_ERRORS = [
         torch.optim.Adam([torch.nn.Parameter(torch.ones(3))], lr=0.1, fused=True)),
      RuntimeError, "fused"),
     ("bad per-group option", lambda: newt.NewtOptimizer(torch.optim.SGD(
-        [{"params": [torch.nn.Parameter(torch.ones(2))], "gamma": 3.0}], lr=0.1)),
-     ValueError, "gamma"),
+        [{"params": [torch.nn.Parameter(torch.ones(2))], "newt": {"gamma": 3.0}}], lr=0.1)),
+     ValueError, "param_groups[0]['newt'](gamma=3.0)"),
+    ("unknown per-group option", lambda: newt.NewtOptimizer(torch.optim.SGD(
+        [{"params": [torch.nn.Parameter(torch.ones(2))], "newt": {"gama": 0.5}}], lr=0.1)),
+     TypeError, "gama"),
+    ("maximize inner", lambda: newt.NewtOptimizer(sgd(maximize=True)), RuntimeError,
+     "maximize"),
+    ("lr above lr_max", lambda: newt.NewtOptimizer(torch.optim.Adam(
+        [torch.nn.Parameter(torch.ones(2))], lr=1e6)), ValueError, "lr=1000000.0"),
+    ("lr below lr_min", lambda: newt.NewtOptimizer(sgd(lr=1e-12)), ValueError, "lr_min"),
+    ("NaN lr", lambda: newt.NewtOptimizer(sgd(lr=math.nan)), ValueError, "lr=nan"),
+    ("zero lr_min", lambda: newt.NewtOptimizer(sgd(), preset="seed", gamma=1.0, lr_min=0.0),
+     ValueError, "lr_min"),
+    ("float16 tensor lr", lambda: newt.NewtOptimizer(torch.optim.SGD(
+        [torch.nn.Parameter(torch.ones(2))], lr=torch.tensor(0.01, dtype=torch.float16))),
+     ValueError, "float16"),
+    ("string reuse_lookahead", lambda: newt.NewtOptimizer(sgd(), reuse_lookahead="no"),
+     TypeError, "reuse_lookahead"),
+    ("list preset", lambda: newt.NewtOptimizer(sgd(), preset=["seed"]), TypeError, "preset"),
+    ("config epsilon", lambda: newt.Newt(torch.optim.SGD([torch.nn.Parameter(torch.ones(2))],
+                                                         lr=0.1),
+                                         newt.NewtConfig(model=torch.nn.Linear(1, 1),
+                                                         loss_criterion=torch.nn.MSELoss(),
+                                                         epsilon=-1.0)),
+     ValueError, "epsilon=-1.0"),
 ]
 
 
@@ -64,11 +89,20 @@ def test_invalid_construction_raises_and_names_the_argument(make, exception, nee
     assert needle in str(info.value)
 
 
-def test_invalid_option_in_an_added_group_raises_and_names_the_group():
+def test_invalid_option_in_an_added_group_raises_names_the_group_and_adds_nothing():
     opt = newt.NewtOptimizer(sgd())
     with pytest.raises(ValueError) as info:
-        opt.add_param_group({"params": [torch.nn.Parameter(torch.ones(2))], "backoff": 0.0})
+        opt.add_param_group({"params": [torch.nn.Parameter(torch.ones(2))],
+                             "newt": {"backoff": 0.0}})
     assert "backoff" in str(info.value) and "param_groups[1]" in str(info.value)
+    assert len(opt.param_groups) == len(opt.inner.param_groups) == 1
+
+
+def test_numpy_scalar_options_are_accepted():
+    np = pytest.importorskip("numpy")
+    opt = newt.NewtOptimizer(sgd(), gamma=np.float32(0.25), lr_max=np.int64(5))
+    assert opt.param_groups[0]["newt"]["gamma"] == 0.25
+    assert opt.param_groups[0]["newt"]["lr_max"] == 5.0
 
 
 def quadratic_opt():

@@ -21,6 +21,7 @@ from helpers import (
     mlp_data,
     quadratic_problems,
     record_lrs,
+    step_in_mode,
 )
 from hypothesis import given
 
@@ -157,13 +158,13 @@ def test_last_stats_report_slope_and_curvature_of_one_line_search(curvature):
     q, opt, thetas, used, stats = oracle_run(curvature)
     last = stats[-1]
     assert last.safeguard == "newton"
-    assert last.next_lr == opt.param_groups[0]["lr"]
-    s = described_step(used, last.lr)
+    assert last.alpha == opt.param_groups[0]["lr"]
+    s = described_step(used, last.used_alpha)
     theta, u = thetas[s], q.a @ thetas[s]
-    shifted = theta - last.lr * u
+    shifted = theta - last.used_alpha * u
     assert last.slope == pytest.approx(-float((q.a @ shifted) @ u), rel=1e-9)
     assert last.curvature == pytest.approx(float(u @ (q.a @ u)), rel=1e-7)
-    assert last.next_lr == pytest.approx(line_search_step(q, theta), rel=1e-9)
+    assert last.alpha == pytest.approx(line_search_step(q, theta), rel=1e-9)
     assert stats[-1].step - stats[-2].step == 1
     assert stats[-2].step - stats[-3].step == 1
 
@@ -172,24 +173,24 @@ def test_last_stats_report_slope_and_curvature_of_one_line_search(curvature):
 def test_last_stats_losses_belong_to_the_same_step_as_the_slope(curvature):
     q, _, thetas, used, stats = oracle_run(curvature)
     last = stats[-1]
-    s = described_step(used, last.lr)
+    s = described_step(used, last.used_alpha)
     theta = thetas[s]
-    shifted = theta - last.lr * (q.a @ theta)
+    shifted = theta - last.used_alpha * (q.a @ theta)
     assert last.loss == pytest.approx(0.5 * float(theta @ q.a @ theta), rel=1e-12)
     assert last.lookahead_loss == pytest.approx(0.5 * float(shifted @ q.a @ shifted), rel=1e-12)
 
 
 def test_next_lr_is_the_alpha_the_update_produced():
-    """NewtStats.next_lr is the group's α after the update; with slope='next_batch' the
+    """NewtStats.alpha is the group's α after the update; with slope='next_batch' the
     update of step t runs at the start of step t+1, so it is the α that step used."""
     *_, used, stats = oracle_run("gradient", steps=5)
-    assert used == pytest.approx([s.next_lr for s in stats], rel=1e-12)
+    assert used == pytest.approx([s.alpha for s in stats], rel=1e-12)
 
 
 def test_same_batch_slope_updates_alpha_within_the_step():
     """With slope='same_batch' the α a step produces is the α the next step uses."""
     *_, used, stats = oracle_run("gradient", steps=5, slope="same_batch")
-    assert used[1:] == pytest.approx([s.next_lr for s in stats[:-1]], rel=1e-12)
+    assert used[1:] == pytest.approx([s.alpha for s in stats[:-1]], rel=1e-12)
 
 
 @pytest.mark.parametrize("mode", ["closure", "closure_free"])
@@ -201,7 +202,7 @@ def test_stats_before_any_alpha_update_are_none_or_first_step(mode):
     else:
         closure_free_step(opt, q)
     (stats,) = opt.last_stats()
-    assert stats is None or (stats.safeguard == "first_step" and stats.next_lr == 0.05)
+    assert stats is None or (stats.safeguard == "first_step" and stats.alpha == 0.05)
 
 
 # ----------------------------------------------------------------------------- γ = 0
@@ -349,12 +350,32 @@ def test_reuse_lookahead_follows_the_same_trajectory_as_two_evaluations(inner):
         newt.NewtOptimizer(make_inner(inner, models[0].parameters(), 0.05)),
         newt.NewtOptimizer(make_inner(inner, models[1].parameters(), 0.05), reuse_lookahead=True),
     ]
+    counters = [[0], [0]]
+    closures = [mlp_closure(models[i], opts[i], x, y, counters[i]) for i in range(2)]
     losses = [[], []]
     for _ in range(10):
-        for i in range(2):
-            losses[i].append(float(opts[i].step(mlp_closure(models[i], opts[i], x, y))))
+        for i in range(2):  # one closure object per optimizer, so reuse really reuses
+            losses[i].append(float(opts[i].step(closures[i])))
     assert losses[0] == losses[1]
     assert params_equal(models[0], models[1])
+    assert counters[1][0] < counters[0][0]
+
+
+@pytest.mark.parametrize("set_to_none", [True, False])
+def test_reuse_with_zero_grad_before_step_re_evaluates_and_keeps_learning(set_to_none):
+    """The common `opt.zero_grad(); opt.step(closure)` loop clears the cached gradients:
+    newt notices and evaluates again instead of stepping on zero gradients."""
+    x, y = mlp_data()
+    models = [make_mlp(0), make_mlp(0)]
+    opts = [newt.NewtOptimizer(torch.optim.Adam(m.parameters(), lr=1e-2),
+                               reuse_lookahead=reuse) for m, reuse in zip(models, (False, True),
+                                                                          strict=True)]
+    closures = [mlp_closure(m, o, x, y) for m, o in zip(models, opts, strict=True)]
+    for _ in range(30):
+        for opt, closure in zip(opts, closures, strict=True):
+            opt.zero_grad(set_to_none=set_to_none)
+            opt.step(closure)
+    assert params_equal(models[0], models[1])  # the same as evaluating twice every step
 
 
 def test_reuse_with_a_different_closure_object_warns_and_evaluates():
@@ -455,29 +476,66 @@ def test_gamma_zero_with_a_constant_lambda_schedule_is_sgd_at_the_scaled_lr():
     assert params_equal(models[0], models[1])
 
 
-@pytest.mark.parametrize("mode", ["closure", "closure_free"])
-def test_constant_schedule_factor_scales_the_learned_step_like_a_smaller_initial_lr(mode):
-    """newt measures the Newton factor on the step actually taken, so newt + LambdaLR(c)
-    from α₀ takes the same inner steps as newt alone from c·α₀ (c a power of two: exact)."""
-    q1, q2 = fixed_quadratic(), fixed_quadratic()
-    in1, in2 = torch.optim.SGD([q1.x], lr=0.08), torch.optim.SGD([q2.x], lr=0.04)
-    used1, used2 = record_lrs(in1), record_lrs(in2)
-    opt1, opt2 = newt.NewtOptimizer(in1), newt.NewtOptimizer(in2)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt1, lambda t: 0.5)
-    for _ in range(12):
-        for opt, q in ((opt1, q1), (opt2, q2)):
-            if mode == "closure":
-                opt.step(q.closure(opt))
-            else:
-                closure_free_step(opt, q)
-        sched.step()
-    assert used1 == used2
-    assert torch.equal(q1.x, q2.x)
-    assert len({u[0] for u in used1}) > 5  # α was learned, not frozen
-    assert opt1.param_groups[0]["lr"] == pytest.approx(0.04)  # the schedule's lr is kept
+def _scheduled_1d_quadratic(factor, steps: int, mode: str = "closure", **options):
+    """SGD on ½·h·x² (h = 4) from α₀ = 0.05 under LambdaLR(factor); returns (opt, used lrs)."""
+    x = torch.nn.Parameter(torch.tensor([1.0], dtype=torch.float64))
+    inner = torch.optim.SGD([x], lr=0.05)
+    used = record_lrs(inner)
+    opt = newt.NewtOptimizer(inner, **options)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, factor) if factor is not None else None
+
+    def closure():
+        opt.zero_grad()
+        loss = 2.0 * (x**2).sum()
+        loss.backward()
+        return loss
+
+    for _ in range(steps):
+        step_in_mode(opt, closure, mode)
+        if sched is not None:
+            sched.step()
+    return opt, [u[0] for u in used]
 
 
-@pytest.mark.parametrize("schedule", ["linear_warmup", "cosine"])
+@pytest.mark.parametrize("mode", ["closure", "free"])
+@pytest.mark.parametrize("s", [0.5, 0.125])
+def test_constant_schedule_factor_scales_the_unscheduled_learned_step(mode, s):
+    """The Newton target is the unscheduled α: under a constant factor s, α converges to the
+    same line-search step 1/h as without a schedule, and the steps taken are s·(1/h)."""
+    plain, _ = _scheduled_1d_quadratic(None, 40, mode, **ORACLE_OPTIONS)
+    scheduled, used = _scheduled_1d_quadratic(lambda t: s, 160, mode, **ORACLE_OPTIONS)
+    assert plain.alphas[0] == pytest.approx(0.25, rel=1e-9)
+    assert scheduled.alphas[0] == pytest.approx(0.25, rel=1e-6)
+    assert used[-1] == pytest.approx(s * 0.25, rel=1e-6)
+    assert scheduled.step_sizes[0] == pytest.approx(s * 0.25, rel=1e-6)
+    assert scheduled.param_groups[0]["lr"] == pytest.approx(s * 0.05)  # the scheduler's own
+
+
+def test_a_decaying_schedule_decays_the_step_and_keeps_the_learned_alpha():
+    opt, used = _scheduled_1d_quadratic(lambda t: 0.5 ** (t / 4), 24, **ORACLE_OPTIONS)
+    assert used[-1] < 0.25 * 0.5 ** (20 / 4)  # the step follows the schedule down
+    assert opt.alphas[0] == pytest.approx(0.25, rel=1e-3)  # α is not inflated to compensate
+
+
+def test_a_tiny_schedule_factor_holds_alpha():
+    """At s = 1e-4 the displacement carries almost no information: α's log-step is damped by
+    γ·min(1, s), so α stays where it was."""
+    opt, used = _scheduled_1d_quadratic(lambda t: 1e-4, 20)
+    assert opt.alphas[0] == pytest.approx(0.05, rel=2e-3)
+    assert used[-1] == pytest.approx(1e-4 * opt.alphas[0], rel=1e-9)
+
+
+SCHEDULES = {
+    "linear_warmup": (torch.optim.lr_scheduler.LinearLR, {"start_factor": 0.25, "total_iters": 5}),
+    "cosine": (torch.optim.lr_scheduler.CosineAnnealingLR, {"T_max": 12, "eta_min": 0.005}),
+    "exponential": (torch.optim.lr_scheduler.ExponentialLR, {"gamma": 0.9}),  # chainable
+    "step": (torch.optim.lr_scheduler.StepLR, {"step_size": 3, "gamma": 0.5}),  # chainable
+    "lambda": (torch.optim.lr_scheduler.LambdaLR, {"lr_lambda": lambda t: 1 / (1 + t)}),
+    "onecycle": (torch.optim.lr_scheduler.OneCycleLR, {"max_lr": 0.2, "total_steps": 12}),
+}
+
+
+@pytest.mark.parametrize("schedule", list(SCHEDULES))
 def test_inner_lr_is_the_learned_alpha_times_the_schedule_factor(schedule):
     q = fixed_quadratic()
     inner = torch.optim.SGD([q.x], lr=0.05)
@@ -485,23 +543,21 @@ def test_inner_lr_is_the_learned_alpha_times_the_schedule_factor(schedule):
     # reject=False: every α the rule produces is used by the next inner step, so the
     # trace below can be matched step by step.
     opt = newt.NewtOptimizer(inner, reject=False)
-    if schedule == "linear_warmup":
-        sched = torch.optim.lr_scheduler.LinearLR(opt, start_factor=0.25, total_iters=5)
-    else:
-        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=12, eta_min=0.005)
+    kind, kwargs = SCHEDULES[schedule]
+    sched = kind(opt, **kwargs)
     # The same schedule on a plain optimizer: newt must not perturb it.
     ref_param = torch.nn.Parameter(torch.zeros(1))
     ref_opt = torch.optim.SGD([ref_param], lr=0.05)
-    ref = type(sched)(ref_opt, **(
-        {"start_factor": 0.25, "total_iters": 5} if schedule == "linear_warmup"
-        else {"T_max": 12, "eta_min": 0.005}))
+    ref = kind(ref_opt, **kwargs)
+    initial = opt.param_groups[0]["initial_lr"]
     closure = q.closure(opt)
     factors, alphas = [], []
     for _ in range(10):
-        factors.append(opt.param_groups[0]["lr"] / 0.05)
+        factors.append(opt.param_groups[0]["lr"] / initial)
+        assert opt.step_sizes[0] == pytest.approx(opt.alphas[0] * factors[-1], rel=1e-12)
         assert opt.param_groups[0]["lr"] == pytest.approx(ref_opt.param_groups[0]["lr"], rel=1e-12)
         opt.step(closure)
-        alphas.append(opt.last_stats()[0].next_lr)
+        alphas.append(opt.last_stats()[0].alpha)
         sched.step()
         ref_opt.step()
         ref.step()
@@ -509,8 +565,8 @@ def test_inner_lr_is_the_learned_alpha_times_the_schedule_factor(schedule):
     # The α the inner step used is the learned α (reported before or after that step).
     for t in range(1, 10):
         assert any(learned[t] == pytest.approx(a, rel=1e-9) for a in alphas[t - 1:t + 1]), t
-    assert learned[0] == pytest.approx(0.05)
-    assert max(learned) > 2 * 0.05  # learned, not erased by the schedule
+    assert learned[0] == pytest.approx(initial)
+    assert max(learned) > 1.5 * initial  # learned, not erased by the schedule
 
 
 def _overshooting_sgd(**options):

@@ -257,7 +257,7 @@ def test_result_dtype_is_promoted_from_lr_and_slopes():
 def test_safeguard_names_are_the_documented_ones():
     assert {s.name.lower() for s in Safeguard} == {
         "newton", "factor_clamp", "lr_clamp", "loss_increase", "nonpositive_curvature",
-        "no_information", "nonfinite", "first_step",
+        "no_information", "nonfinite", "first_step", "skipped",
     }
 
 
@@ -277,16 +277,16 @@ def test_seed_preset_constants_are_those_of_the_seed_project():
 def test_seed_preset_is_constructible_and_sets_its_constants_on_the_groups():
     w = torch.nn.Parameter(torch.ones(2))
     opt = newt.NewtOptimizer(torch.optim.SGD([w], lr=0.1), preset="seed")
-    group = opt.param_groups[0]
+    options = opt.param_groups[0]["newt"]
     for name, value in SEED.items():
-        assert group[name] == value
+        assert options[name] == value
 
 
 def test_keyword_options_override_the_preset():
     w = torch.nn.Parameter(torch.ones(2))
     opt = newt.NewtOptimizer(torch.optim.SGD([w], lr=0.1), preset="seed", gamma=0.25)
-    assert opt.param_groups[0]["gamma"] == 0.25
-    assert opt.param_groups[0]["factor_max"] == SEED["factor_max"]
+    assert opt.param_groups[0]["newt"]["gamma"] == 0.25
+    assert opt.param_groups[0]["newt"]["factor_max"] == SEED["factor_max"]
 
 
 @given(lr=st.floats(min_value=1e-7, max_value=1.0), a=reals, b=reals, l0=reals, l1=reals)

@@ -221,7 +221,7 @@ def test_loss_difference_mode_records_the_current_loss():
             loss.backward()
             optimizer.step()
             newt_.step_setup(loss, x, y)
-            assert torch.equal(newt_._pending[0]["loss"], loss.detach())
+            assert newt_.core.last_stats()[0].loss == float(loss)
             newt_.step()
             seen.update(newt_.last_safeguards())
     steps = sum(seen.values())
