@@ -104,9 +104,9 @@ def main() -> None:
             self.history: list[dict[str, float]] = []
 
         def on_optimizer_step(self, args, state, control, **kwargs):
-            alpha, step_size = _alpha_and_step(self.optimizer)
-            self.history.append({"step": state.global_step + 1, "alpha": alpha,
-                                 "step_size": step_size})
+            self.history.append({"step": state.global_step + 1,
+                                 "alpha": self.optimizer.alphas[0],  # learned, unscheduled
+                                 "step_size": self.optimizer.step_sizes[0]})  # α × lr/initial_lr
 
         def on_log(self, args, state, control, logs=None, **kwargs):
             if logs is not None and "loss" in logs and self.history:
@@ -161,16 +161,6 @@ def main() -> None:
     fig.suptitle(f"Hugging Face Trainer: NewtOptimizer(AdamW) from lr={args.lr:g}, linear decay")
     fig.savefig(args.out, dpi=110)
     print(f"figure: {args.out}")
-
-
-def _alpha_and_step(optimizer) -> tuple[float, float]:
-    """Group 0's learned α and the step size its inner optimizer uses."""
-    if hasattr(optimizer, "alphas"):
-        return optimizer.alphas[0], optimizer.step_sizes[0]
-    group = optimizer.param_groups[0]  # newt before the `alphas`/`step_sizes` properties
-    alpha = float(optimizer._alpha(group))
-    scale = group["lr"] / group["initial_lr"] if "initial_lr" in group else 1.0
-    return alpha, alpha * float(scale)
 
 
 if __name__ == "__main__":
