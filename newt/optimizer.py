@@ -40,7 +40,7 @@ from torch.optim import Optimizer
 
 from newt import functional as F
 from newt import rule
-from newt.options import NewtOptions
+from newt.options import OPTION_NAMES, NewtOptions
 from newt.rule import Outcome, Probe, Safeguard
 from newt.state import FORMAT_VERSION, GroupState, check_shapes
 
@@ -229,6 +229,14 @@ class NewtOptimizer(Optimizer):
         """Check a group (newt's options and its lr) before newt accepts it."""
         options = NewtOptions.resolve("default", self._options.as_dict(),
                                       group.get(NEWT_KEY, {}), where=f"{where}['newt']")
+        stray = sorted(k for k in set(group) & set(OPTION_NAMES) if k not in self.inner.defaults)
+        if stray:
+            warnings.warn(
+                f"{where} has {stray} at the top level, where newt does not read them (the "
+                f"inner optimizer's keys are its own); newt's per-group options go under the "
+                f"group's 'newt' key, e.g. {{'params': ..., 'newt': {{{stray[0]!r}: ...}}}}",
+                UserWarning, stacklevel=4,
+            )
         merged = {**self.inner.defaults, **group}
         if merged.get("maximize", False):
             raise RuntimeError(f"{where}: maximize=True inner optimizers are not supported; "
@@ -350,7 +358,7 @@ class NewtOptimizer(Optimizer):
         """The learned α of each group, on the unscheduled scale."""
         out = []
         for i, group in enumerate(self.param_groups):
-            state = self._states[i] if i < len(self._states) else None
+            state = self._state_of(i)
             if self._scheduled(group):
                 alpha = state.alpha if state is not None and state.alpha is not None else \
                     group["initial_lr"]
@@ -370,7 +378,7 @@ class NewtOptimizer(Optimizer):
         """One inner step; where a scheduler is attached, with lr = α · s."""
         saved: list[tuple[dict[str, Any], Any]] = []
         for i, group in enumerate(self.param_groups):
-            state = self._states[i] if i < len(self._states) else None
+            state = self._state_of(i)
             if not self._scheduled(group) or state is None or state.alpha is None:
                 continue
             lr = group["lr"]
@@ -396,7 +404,7 @@ class NewtOptimizer(Optimizer):
         state = super().state_dict()
         state["inner"] = self.inner.state_dict()
         state[NEWT_KEY] = {"version": FORMAT_VERSION,
-                           "groups": [self._state_of(i) and self._state_of(i).to_dict()
+                           "groups": [None if (s := self._state_of(i)) is None else s.to_dict()
                                       for i in range(len(self.param_groups))]}
         return state
 
@@ -442,7 +450,7 @@ class NewtOptimizer(Optimizer):
         """
         out: list[NewtStats | None] = []
         for i, (alpha, step_size) in enumerate(zip(self.alphas, self.step_sizes, strict=True)):
-            state = self._states[i] if i < len(self._states) else None
+            state = self._state_of(i)
             if state is None:
                 out.append(None)
                 continue

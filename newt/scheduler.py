@@ -103,6 +103,10 @@ def _pre_hook(ref: weakref.ref[Newt]) -> Callable[..., None]:
         newt = ref()
         if newt is not None:
             newt._taken = newt.core.before_inner_step()
+            if not newt._taken:
+                # A non-finite gradient: the user's inner step runs anyway, so clear the
+                # gradients for it to skip every parameter (its state stays finite).
+                optimizer.zero_grad(set_to_none=True)
     return hook
 
 
@@ -264,8 +268,8 @@ class Newt(LRScheduler):
                 + (f" of shape {tuple(loss.shape)}" if isinstance(loss, Tensor) else "")
             )
         self._stage = "ready"
-        if not self._taken:  # a non-finite gradient: the core skipped (undid) the step
-            self._updated = [False] * len(self.optimizer.param_groups)
+        if not self._taken:  # a non-finite gradient: the step was skipped
+            self._updated = [True] * len(self.optimizer.param_groups)
             return
         model, criterion = self.config.model, self.config.loss_criterion
         assert model is not None and criterion is not None  # checked in __init__

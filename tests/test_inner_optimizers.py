@@ -273,3 +273,33 @@ def test_last_stats_names_what_happened_after_an_undone_step():
         names.append(opt.last_stats()[0].safeguard)
     assert names[0] == "loss_increase"
     assert "first_step" not in names
+
+
+def test_a_newt_option_at_the_top_level_of_a_group_warns_where_it_belongs():
+    w = torch.nn.Parameter(torch.ones(2))
+    with pytest.warns(UserWarning, match="'newt' key"):
+        newt.NewtOptimizer(torch.optim.SGD([{"params": [w], "lr": 0.1, "gamma": 0.3}]))
+
+
+def test_a_nan_gradient_under_the_seed_api_skips_the_inner_step_and_keeps_its_state_finite():
+    torch.manual_seed(0)
+    model = torch.nn.Linear(3, 1)
+    criterion = torch.nn.MSELoss()
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    sched = newt.Newt(optimizer, newt.NewtConfig(model=model, loss_criterion=criterion))
+    x, y = torch.randn(16, 3), torch.randn(16, 1)
+    for t in range(6):
+        optimizer.zero_grad()
+        loss = criterion(model(x), y)
+        loss.backward()
+        if t == 2:
+            model.weight.grad[0, 0] = float("nan")
+            before = [p.detach().clone() for p in model.parameters()]
+        optimizer.step()
+        if t == 2:
+            assert all(torch.equal(p, b) for p, b in zip(model.parameters(), before,
+                                                         strict=True))
+        sched.step_setup(loss, x, y)
+        sched.step()
+    assert all(torch.isfinite(v).all() for s in optimizer.state.values() for v in s.values())
+    assert sched.last_safeguards()[0] not in ("nonfinite", "skipped")

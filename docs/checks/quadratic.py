@@ -6,7 +6,7 @@ import torch
 
 import newt
 
-UNDAMPED = dict(gamma=1.0, eps=0.0, lr_min=0.0, lr_max=float("inf"),
+UNDAMPED = dict(gamma=1.0, eps=0.0, lr_min=1e-300, lr_max=float("inf"),
                 factor_min=0.0, factor_max=float("inf"), slope="same_batch")
 
 
@@ -41,7 +41,7 @@ def one_group():
         u = (theta_t - theta.detach()) / 1e-2  # the inner direction u_t
         g = H @ theta_t - b
         exact = (g @ u / (u @ H @ u)).item()
-        print(f"{curvature:10s} {opt.last_stats()[0].next_lr:.12g}    {exact:.12g}")
+        print(f"{curvature:10s} {opt.alphas[0]:.12g}    {exact:.12g}")
 
 
 def two_groups():
@@ -71,7 +71,7 @@ def two_groups():
         g1, g2 = H1 @ x.detach(), H2 @ y.detach()  # SGD: u_i is the group's gradient
         exact = [(g1 @ g1 / (g1 @ H1 @ g1)).item(), (g2 @ g2 / (g2 @ H2 @ g2)).item()]
         opt.step(closure)
-        learned = [s.next_lr for s in opt.last_stats()]
+        learned = opt.alphas
         print(f"  {curvature:8s} learned {learned[0]:.6g} {learned[1]:.6g}"
               f"   exact {exact[0]:.6g} {exact[1]:.6g}")
 

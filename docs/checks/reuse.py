@@ -5,6 +5,8 @@
 2. Parameter edits between steps: `with torch.no_grad(): p.add_(...)` bumps
    the tensor's version counter and newt evaluates again; `p.data.add_(...)`
    does not, so newt reuses the stale evaluation from before the edit.
+3. The loop `opt.zero_grad(); opt.step(closure)`: the cleared gradients are seen,
+   so every step evaluates again (20 evaluations in ten steps, against 11).
 """
 
 import warnings
@@ -55,3 +57,9 @@ for how in ("torch.no_grad(): p.add_", "p.data.add_"):
     print(f"edit with {how:24s}: version counter {'bumped' if bumped else 'unchanged'}, "
           f"evaluations in the next step: {evaluations} "
           f"({'re-evaluated' if evaluations == 2 else 'stale evaluation reused'})")
+
+trainer = Trainer()
+for _ in range(10):
+    trainer.opt.zero_grad()
+    trainer.opt.step(trainer.closure)
+print(f"opt.zero_grad(); opt.step(closure): {trainer.calls} evaluations in 10 steps")

@@ -14,8 +14,25 @@ from __future__ import annotations
 import inspect
 import logging
 import math
+import sys
+from pathlib import Path
 
 log = logging.getLogger("mkdocs.plugins.newt_presets")
+_ROOT = str(Path(__file__).resolve().parents[2])
+
+
+def _use_checkout() -> None:
+    """Import newt from the checkout being built, not whichever newt is installed.
+
+    mkdocstrings reads the source from ``paths: [.]``; the computed tables must
+    describe the same code.
+    """
+    if sys.path[:1] != [_ROOT]:
+        sys.path.insert(0, _ROOT)
+    module = sys.modules.get("newt")
+    if module is not None and not str(getattr(module, "__file__", "")).startswith(_ROOT):
+        for name in [n for n in sys.modules if n == "newt" or n.startswith("newt.")]:
+            del sys.modules[name]
 
 
 def _fmt(value: object) -> str:
@@ -81,6 +98,7 @@ def _bounds_table(presets: dict) -> str:
 def on_page_markdown(markdown: str, page, config, files) -> str:
     if "<!-- newt:presets -->" not in markdown and "<!-- newt:preset-bounds -->" not in markdown:
         return markdown
+    _use_checkout()
     from newt.presets import PRESETS
 
     presets = {name: dict(p) for name, p in PRESETS.items()}
