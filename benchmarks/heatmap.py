@@ -12,6 +12,12 @@ Two heatmaps side by side, one row per method and one column per problem:
 Every cell carries its number; a blank cell is a method that does not run on
 that problem (``[reuse]`` rows run on deterministic problems only). The full
 table stays on the page below the picture.
+
+A problem compared by *excess* (``Summary.excess``: the held-out loss minus
+the tuned one, in nats, where f* is unknown and losses are of order 1) shows
+the median excess, signed, in its cells, and is coloured on the same scale
+with its own "as good as tuned" margin ``GOOD_EXCESS`` placed where a ratio
+of ``GOOD_RATIO`` is: colour position = excess / GOOD_EXCESS × log₁₀ GOOD_RATIO.
 """
 
 from __future__ import annotations
@@ -27,12 +33,19 @@ import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.colors import BoundaryNorm, ListedColormap, TwoSlopeNorm
 
+from benchmarks import analysis
 from benchmarks.analysis import GOOD_RATIO, Summary
 
-__all__ = ["plot_heatmap", "summary_grid"]
+__all__ = ["colour_position", "excess_columns", "plot_heatmap", "summary_grid"]
 
 #: log₁₀ of the median ratio is clipped to ±this for the colour (the text keeps the value).
 LOG_RANGE = 4.0
+#: The "as good as tuned" margin of an excess comparison, in nats.
+GOOD_EXCESS: float = getattr(analysis, "GOOD_EXCESS", 0.02)
+
+
+def _excess(s: Summary) -> bool:
+    return bool(getattr(s, "excess", False))
 
 
 def summary_grid(summaries: Sequence[Summary], methods: Sequence[str],
@@ -58,6 +71,29 @@ def summary_grid(summaries: Sequence[Summary], methods: Sequence[str],
     return rows, width, size, median
 
 
+def excess_columns(summaries: Sequence[Summary], problems: Sequence[str]) -> np.ndarray:
+    """Per problem, whether its cells are excesses in nats rather than ratios."""
+    flagged = {s.problem for s in summaries if _excess(s)}
+    return np.array([p in flagged for p in problems], dtype=bool)
+
+
+def colour_position(median: np.ndarray, excess: np.ndarray) -> np.ndarray:
+    """Where each median sits on the diverging scale: log₁₀ ratio, or the scaled excess."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        logs = np.where(np.isinf(median), LOG_RANGE, np.log10(np.where(median > 0, median,
+                                                                          np.nan)))
+        scaled = np.where(np.isinf(median), LOG_RANGE,
+                          median / GOOD_EXCESS * math.log10(GOOD_RATIO))
+    position = np.where(excess[None, :], scaled, logs)
+    return np.clip(np.where(np.isnan(median), np.nan, position), -LOG_RANGE, LOG_RANGE)
+
+
+def _excess_text(value: float) -> str:
+    if math.isnan(value):
+        return ""
+    return "∞" if math.isinf(value) else f"{value:+.2g}"
+
+
 def _ratio_text(value: float) -> str:
     if math.isnan(value):
         return ""
@@ -77,7 +113,7 @@ def plot_heatmap(summaries: Sequence[Summary], methods: Sequence[str], problems:
         return None
     sweep = int(np.nanmax(size)) if np.isfinite(size).any() else 1
     height = 1.2 + 0.28 * len(rows)
-    fig, (ax_w, ax_r) = plt.subplots(1, 2, figsize=(3.2 + 1.25 * len(problems), height),
+    fig, (ax_w, ax_r) = plt.subplots(1, 2, figsize=(max(9.0, 3.2 + 1.25 * len(problems)), height),
                                      sharey=True, gridspec_kw={"wspace": 0.04})
 
     # Robust width: discrete greens, 0 … sweep.
@@ -98,22 +134,31 @@ def plot_heatmap(summaries: Sequence[Summary], methods: Sequence[str], problems:
     bar_w.ax.tick_params(labelsize=7)
 
     # Median ratio: log10, diverging around 1; ∞ drawn at the top of the scale.
-    logs = np.where(np.isinf(median), LOG_RANGE, np.log10(np.where(median > 0, median, np.nan)))
-    logs = np.clip(np.where(np.isnan(median), np.nan, logs), -LOG_RANGE, LOG_RANGE)
+    excess = excess_columns(summaries, problems)
+    logs = colour_position(median, excess)
     diverging = plt.get_cmap("RdBu_r").with_extremes(bad="white")
     norm_r = TwoSlopeNorm(vmin=-LOG_RANGE, vcenter=0.0, vmax=LOG_RANGE)
     image_r = ax_r.imshow(np.ma.masked_invalid(logs), cmap=diverging, norm=norm_r, aspect="auto")
     for (i, j), value in np.ndenumerate(median):
         if not math.isnan(value):
-            ax_r.text(j, i, _ratio_text(value), ha="center", va="center", fontsize=6.5,
+            text = _excess_text(value) if excess[j] else _ratio_text(value)
+            ax_r.text(j, i, text, ha="center", va="center", fontsize=6.5,
                       color="white" if abs(logs[i, j]) > 0.6 * LOG_RANGE else "black")
     bar = fig.colorbar(image_r, ax=ax_r, location="top", shrink=0.6, pad=0.01, aspect=40,
                        ticks=np.arange(-LOG_RANGE, LOG_RANGE + 1))
     bar.set_label("median ratio to the tuned fixed lr (blue: better, red: worse)", fontsize=8)
+    if excess.any():
+        # Below the rotated problem names (up to ~20 characters at 40°).
+        ax_r.annotate(f"(nats): median excess over the tuned baseline in nats, coloured with "
+                      f"±{GOOD_EXCESS:g} nats\nwhere a ratio of {GOOD_RATIO} (or its inverse) "
+                      "is", xy=(0.5, 0.0), xycoords="axes fraction", xytext=(0, -75),
+                      textcoords="offset points", ha="center", va="top", fontsize=7.5)
     bar.ax.set_xticklabels([f"1e{k:.0f}" if k else "1" for k in bar.get_ticks()], fontsize=7)
 
+    names = [p.replace("_", " ") + (" (nats)" if flag else "")
+             for p, flag in zip(problems, excess, strict=True)]
     for ax in (ax_w, ax_r):
-        ax.set_xticks(range(len(problems)), [p.replace("_", " ") for p in problems],
+        ax.set_xticks(range(len(problems)), names,
                       rotation=40, ha="right", fontsize=7.5)
         ax.set_xticks(np.arange(-0.5, len(problems)), minor=True)
         ax.set_yticks(np.arange(-0.5, len(rows)), minor=True)

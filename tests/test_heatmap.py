@@ -52,3 +52,21 @@ def test_plot_writes_a_png_and_nothing_without_cells(tmp_path):
     assert path is not None and path.read_bytes()[:8] == PNG_MAGIC
     assert plot_heatmap(SUMMARIES, ["absent"], ["rosenbrock"], tmp_path / "none.png") is None
     assert not (tmp_path / "none.png").exists()
+
+
+def test_an_excess_problem_is_coloured_at_its_own_margin_and_shown_signed(tmp_path):
+    import numpy as np
+
+    from benchmarks.heatmap import GOOD_EXCESS, colour_position, excess_columns
+
+    lm = _summary("byte_lm", "AdamW+newt[free]", 2, 0.01)
+    lm.excess = True  # a field of Summary where the benchmark compares by excess
+    assert excess_columns([*SUMMARIES, lm], ["rosenbrock", "byte_lm"]).tolist() == [False, True]
+    median = np.array([[1.25, GOOD_EXCESS], [math.inf, -GOOD_EXCESS], [math.nan, 0.0]])
+    position = colour_position(median, np.array([False, True]))
+    assert position[0, 0] == pytest.approx(position[0, 1])  # each at its "as good" margin
+    assert position[1, 0] == 4.0 and position[1, 1] == pytest.approx(-position[0, 1])
+    assert math.isnan(position[2, 0]) and position[2, 1] == 0.0
+    path = plot_heatmap([*SUMMARIES, lm], ["SGD", "AdamW+newt[free]"],
+                        ["rosenbrock", "byte_lm"], tmp_path / "lm.png")
+    assert path is not None and path.read_bytes()[:8] == PNG_MAGIC
