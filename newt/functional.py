@@ -240,7 +240,7 @@ def all_finite(tensors: Sequence[Tensor | None]) -> Tensor:
 
     One read pass (the max-abs norm of each tensor); no host sync.
     """
-    present = [t for t in tensors if t is not None]
+    present = [t for t in tensors if t is not None and t.numel()]  # an empty shard is finite
     if not present:
         return torch.ones((), dtype=torch.bool)
     norms = torch._foreach_norm(present, float("inf"))

@@ -38,7 +38,9 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
+from newt import distributed as D
 from newt import functional as F
+from newt import lookahead as _lookahead
 from newt import rule
 from newt.options import OPTION_NAMES, NewtOptions
 from newt.rule import Outcome, Probe, Safeguard
@@ -87,10 +89,15 @@ class _Active:
     options: NewtOptions
     state: GroupState
     params: list[Tensor]
+    """This rank's part of each parameter (`newt.distributed.local_tensor`)."""
     snapshots: list[Tensor]
+    sources: list[Tensor]
+    """The parameters themselves (DTensors under FSDP2), whose ``.grad`` is read."""
+    weights: list[float]
+    """Each parameter's weight in a sum over the process group (1 without one)."""
 
     def grads(self) -> list[Tensor | None]:
-        return [p.grad for p in self.params]
+        return [None if p.grad is None else D.local_tensor(p.grad) for p in self.sources]
 
 
 @dataclass
@@ -139,6 +146,12 @@ class NewtOptimizer(Optimizer):
             evaluation at $\theta_{t+1}$ as the next step's first one: one
             closure call per step instead of two.
         foreach: use the multi-tensor kernels (default: on).
+        process_group: a `torch.distributed` process group over which the ranks
+            train one model (DDP, FSDP2, ZeRO-style shards): the losses are
+            averaged and the inner products summed over it (`newt.distributed`),
+            so every rank takes the same decisions. Needed in closure mode under
+            DDP and always with sharded parameters; see the "Distributed
+            training" page.
         **options: the keyword options below.
 
     Keyword Args:
@@ -190,6 +203,7 @@ class NewtOptimizer(Optimizer):
         preset: str = "default",
         reuse_lookahead: bool = False,
         foreach: bool | None = None,
+        process_group: Any = None,
         **options: Any,
     ) -> None:
         if not isinstance(inner, Optimizer):
@@ -208,14 +222,19 @@ class NewtOptimizer(Optimizer):
         self.inner = inner
         self.reuse_lookahead = reuse_lookahead
         self.foreach = True if foreach is None else foreach
+        self.process_group = D.resolve_process_group(process_group)
+        self._warned_unreduced = False
         self._options = NewtOptions.resolve(preset, options)
         self._reuse: tuple[Callable[[], Any], Tensor, list[int]] | None = None
         self._states: list[GroupState | None] = []
         self._resolved: dict[int, tuple[dict[str, Any], NewtOptions]] = {}
         self._in_progress: _InProgress | None = None
+        self._last_lookahead_loss: Tensor | None = None
         # What schedulers read of the optimizer (OneCycleLR looks for momentum/betas).
         super().__init__(inner.param_groups, {**inner.defaults, NEWT_KEY: self._options.as_dict()})
         self.param_groups = inner.param_groups  # one list: a group added to either is in both
+        D.check_sharded_without_group([p for g in self.param_groups for p in g["params"]],
+                                      self.process_group)
         if len(self.param_groups) > 1 and any(o.curvature == "loss" for o in self._all_options()):
             warnings.warn(
                 "NewtOptimizer(curvature='loss') with several parameter groups: the loss change "
@@ -304,6 +323,9 @@ class NewtOptimizer(Optimizer):
         self.__dict__.setdefault("_reuse", None)
         self.__dict__.setdefault("_resolved", {})
         self.__dict__.setdefault("_in_progress", None)
+        self.__dict__.setdefault("process_group", None)
+        self.__dict__.setdefault("_warned_unreduced", False)
+        self.__dict__.setdefault("_last_lookahead_loss", None)
         self.param_groups = self.inner.param_groups
 
     def _state_of(self, index: int) -> GroupState | None:
@@ -479,7 +501,7 @@ class NewtOptimizer(Optimizer):
         active = []
         for index, group in enumerate(self.param_groups):
             options = self._group_options(index, group)
-            params, snapshots = [], []
+            params, snapshots, sources = [], [], []
             for p in group["params"]:
                 if p.grad is None or not p.requires_grad:
                     continue
@@ -489,9 +511,11 @@ class NewtOptimizer(Optimizer):
                         "embedding (sparse=False) or torch.optim.SparseAdam without newt"
                     )
                 state = self.state[p]
+                local = D.local_tensor(p)
                 if "snapshot" not in state:
-                    state["snapshot"] = p.detach().clone(memory_format=torch.preserve_format)
-                params.append(p)
+                    state["snapshot"] = local.detach().clone(memory_format=torch.preserve_format)
+                params.append(local)
+                sources.append(p)
                 snapshots.append(state["snapshot"])
             while len(self._states) <= index:
                 self._states.append(None)
@@ -501,17 +525,73 @@ class NewtOptimizer(Optimizer):
                 self._states[index] = GroupState.new(params[0].device)
             state = self._states[index]
             assert state is not None
-            active.append(_Active(index, group, options, state, params, snapshots))
+            weights = [D.reduction_weight(p, self.process_group) for p in sources]
+            active.append(_Active(index, group, options, state, params, snapshots, sources,
+                                  weights))
         return active
+
+    def _everywhere(self, active: list[_Active], values: list[Tensor]
+                    ) -> tuple[list[_Active], list[Tensor]]:
+        """Sum one scalar per group over the process group (one collective), and add the
+        groups that move on another rank but have no gradient here (they contribute 0)."""
+        if self.process_group is None:
+            return active, values
+        n = len(self.param_groups)
+        local = dict(zip((a.index for a in active), values, strict=True))
+        zero = torch.zeros((), dtype=torch.float64)
+        sums, _, _ = D.reduce_phase(
+            [local.get(i, zero) for i in range(n)]
+            + [torch.tensor(float(i in local)) for i in range(n)],
+            process_group=self.process_group)
+        by_index = {a.index: a for a in active}
+        out_active, out_values = [], []
+        for i in range(n):
+            if i not in by_index and not bool(sums[n + i]):
+                continue  # no rank moves this group
+            a = by_index.get(i) or self._placeholder(i)
+            out_active.append(a)
+            out_values.append(sums[i].to(a.state.rule.slope.device, self._dtype(a)))
+        return out_active, out_values
+
+    def _placeholder(self, index: int) -> _Active:
+        """A group that moves on another rank only: no local parameters, same decisions."""
+        group = self.param_groups[index]
+        if self._states[index] is None:
+            device = group["params"][0].device if group["params"] else torch.device("cpu")
+            self._states[index] = GroupState.new(device)
+        state = self._states[index]
+        assert state is not None
+        return _Active(index, group, self._group_options(index, group), state, [], [], [], [])
+
+    @staticmethod
+    def _dtype(a: _Active) -> torch.dtype:
+        """The inner products' dtype: the widest parameter dtype of the group, ≥ float32."""
+        params = a.params or a.group["params"]
+        dtype = torch.promote_types(torch.float32, max(
+            (p.dtype for p in params), key=lambda d: d.itemsize, default=torch.float32))
+        return dtype.to_real() if dtype.is_complex else dtype
 
     def _inner_product(self, a: _Active, grads: list[Tensor | None],
                        refresh: bool = False) -> Tensor:
-        """⟨g, s − p⟩ over a group (``None`` grads count as zero); ``refresh`` then sets s ← p."""
-        dtype = torch.promote_types(
-            torch.float32, max((p.dtype for p in a.params), key=lambda d: d.itemsize))
-        dtype = dtype.to_real() if dtype.is_complex else dtype
-        return F.group_inner_product(grads, a.snapshots, a.params, out_dtype=dtype,
-                                     foreach=self.foreach, refresh_snapshots=refresh)
+        """⟨g, s − p⟩ over a group (``None`` grads count as zero); ``refresh`` then sets s ← p.
+
+        With a process group, each parameter's term is weighted for the sum over the ranks
+        (`newt.distributed.reduction_weight`); the caller reduces the result.
+        """
+        dtype = self._dtype(a)
+        weights = sorted(set(a.weights))
+        if len(weights) <= 1:
+            total = F.group_inner_product(grads, a.snapshots, a.params, out_dtype=dtype,
+                                          foreach=self.foreach, refresh_snapshots=refresh)
+            return total if not weights or weights[0] == 1.0 else total * weights[0]
+        total = torch.zeros((), dtype=dtype, device=a.params[0].device)
+        for w in weights:  # replicated and sharded parameters in one group
+            idx = [i for i, x in enumerate(a.weights) if x == w]
+            total = total + w * F.group_inner_product(
+                [grads[i] for i in idx], [a.snapshots[i] for i in idx],
+                [a.params[i] for i in idx], out_dtype=dtype, foreach=self.foreach,
+                refresh_snapshots=refresh)
+        return total
 
     def _carry_out(self, a: _Active, decision: rule.Decision) -> None:
         self._set_alpha(a.group, a.state, decision.alpha)
@@ -549,9 +629,11 @@ class NewtOptimizer(Optimizer):
         """
         active = self._gather()
         take = torch.ones((), dtype=torch.bool)
-        for a in active:
-            # With nothing pending s = θ_t already and B = ⟨g, 0⟩: NaN iff g is not finite.
-            fresh = self._inner_product(a, a.grads(), refresh=True)
+        # With nothing pending s = θ_t already and B = ⟨g, 0⟩: NaN iff g is not finite.
+        # With a process group the sum over the ranks is NaN if any rank's is.
+        active, probes = self._everywhere(
+            active, [self._inner_product(a, a.grads(), refresh=True) for a in active])
+        for a, fresh in zip(active, probes, strict=True):
             alpha = self._alpha(a.group, a.state, fresh.device)
             a.state.rule, decision = rule.before_step(
                 a.state.rule, Probe(fresh, torch.isfinite(fresh)), alpha, a.options)
@@ -576,6 +658,7 @@ class NewtOptimizer(Optimizer):
             return
         progress.slopes = [self._inner_product(a, a.grads()) for a in progress.active]
         if not lookahead:
+            progress.slopes = self._reduce(progress.slopes)
             self._judge(progress.active, progress.slopes, None, None, None)
             self._in_progress = None
 
@@ -600,10 +683,39 @@ class NewtOptimizer(Optimizer):
         assert progress.slopes is not None
         it = iter(grads) if grads is not None else None
         lookahead_slopes = [
-            self._inner_product(a, a.grads() if it is None else [next(it) for _ in a.params])
+            self._inner_product(a, a.grads() if it is None else [
+                None if g is None else D.local_tensor(g) for g in (next(it) for _ in a.params)])
             for a in progress.active]
+        lookahead_loss = lookahead_loss.detach().reshape(())
+        if self.process_group is not None:  # A, B and L(θ_{t+1}) in one collective
+            n = len(progress.slopes)
+            sums, means, _ = D.reduce_phase(progress.slopes + lookahead_slopes, [lookahead_loss],
+                                            process_group=self.process_group)
+            progress.slopes = self._reduce(progress.slopes, sums[:n])
+            lookahead_slopes = self._reduce(lookahead_slopes, sums[n:])
+            lookahead_loss = means[0].to(lookahead_loss.device, lookahead_loss.dtype)
+        self._last_lookahead_loss = lookahead_loss
         return bool(self._judge(progress.active, progress.slopes, lookahead_slopes,
-                                loss.detach().reshape(()), lookahead_loss.detach().reshape(())))
+                                loss.detach().reshape(()), lookahead_loss))
+
+    def _reduce(self, values: list[Tensor], reduced: Tensor | None = None) -> list[Tensor]:
+        """Per-group scalars summed over the process group (one collective unless
+        ``reduced`` already holds the sums), each back in its own dtype and device."""
+        if self.process_group is None:
+            return values
+        if reduced is None:
+            reduced, _, _ = D.reduce_phase(values, process_group=self.process_group)
+        return [r.to(v.device, v.dtype) for r, v in zip(reduced.unbind(), values, strict=True)]
+
+    def _mean_loss(self, loss: Tensor) -> Tensor:
+        """The loss averaged over the process group (the closure's, without one)."""
+        if self.process_group is None:
+            if not self._warned_unreduced:
+                self._warned_unreduced = D.warn_if_losses_unreduced(None)
+            return loss
+        _, means, _ = D.reduce_phase(means=[loss.detach().reshape(())],
+                                     process_group=self.process_group)
+        return means[0].to(loss.device, loss.dtype)
 
     def _moving(self) -> bool:
         return self._in_progress is not None and bool(self._in_progress.active)
@@ -631,7 +743,8 @@ class NewtOptimizer(Optimizer):
         ``reuse_lookahead``), or without (after the user's ``backward()``).
 
         Returns:
-            The loss at $\theta_t$ returned by the closure (detached), or ``None``.
+            The loss at $\theta_t$ returned by the closure (detached; averaged over the
+            ranks when a ``process_group`` is given), or ``None``.
         """
         if closure is None:
             self._reuse = None
@@ -646,8 +759,11 @@ class NewtOptimizer(Optimizer):
             )
         loss = self._cached_loss(closure)
         self._reuse = None
+        saved = None  # the model state before the step (newt.lookahead)
         if loss is None:
-            loss = self._evaluate(closure)
+            with _lookahead.capture() as saved:
+                loss = self._evaluate(closure)
+            loss = self._mean_loss(loss)
         if not math.isfinite(float(loss)):
             return loss.detach()  # nothing sound to step from; parameters are left as they are
         taken = self.before_inner_step()
@@ -657,14 +773,24 @@ class NewtOptimizer(Optimizer):
         self._inner_step()
         self.after_inner_step(lookahead=True)
         try:
-            lookahead_loss = self._evaluate(closure)
+            if saved is None:  # a reused step: the lookahead is the only evaluation
+                with _lookahead.capture() as saved, _lookahead.lookahead(
+                        saved, replay_rng=False, freeze_buffers=False):
+                    lookahead_loss = self._evaluate(closure)
+            else:
+                # The first evaluation's dropout masks; BatchNorm statistics updated once
+                # (by the lookahead itself when it is reused as the next step's evaluation).
+                with _lookahead.lookahead(saved, freeze_buffers=not self.reuse_lookahead):
+                    lookahead_loss = self._evaluate(closure)
         except BaseException:
             self.abandon_step()  # θ_t back, nothing pending; the inner optimizer has stepped
             raise
         kept = self.after_lookahead(loss, lookahead_loss)
+        if not kept:  # an undone step leaves the running statistics as before it
+            _lookahead.restore_model_state(saved)
         if self.reuse_lookahead and kept and math.isfinite(float(lookahead_loss)):
             # θ_{t+1} was kept: its loss and gradients are the next step's first evaluation.
-            self._reuse = (closure, lookahead_loss.detach().reshape(()), self._versions())
+            self._reuse = (closure, self._last_lookahead_loss, self._versions())
         return loss.detach()
 
     def _check_closure_free(self) -> None:
@@ -683,17 +809,21 @@ class NewtOptimizer(Optimizer):
         if not (self.reuse_lookahead and self._reuse is not None):
             return None
         cached_closure, cached_loss, versions = self._reuse
-        if cached_closure != closure:  # bound methods are new objects at each access
+        same = cached_closure == closure  # bound methods are new objects at each access
+        if not same:
             warnings.warn(
                 "NewtOptimizer(reuse_lookahead=True): step() got a different closure than "
                 "the last step, so the cached lookahead evaluation cannot be reused; "
                 "evaluating again (pass the same closure every step to save this call)",
                 RuntimeWarning, stacklevel=4,
             )
-            return None
-        if versions != self._versions():  # parameters or gradients changed (e.g. zero_grad)
-            return None
-        return cached_loss
+        # Parameters or gradients changed since (e.g. zero_grad): evaluate again.
+        same = same and versions == self._versions()
+        if self.process_group is not None:  # every rank reuses, or none (DDP would hang)
+            _, _, flags = D.reduce_phase(all_true=[torch.tensor(same)],
+                                         process_group=self.process_group)
+            same = bool(flags[0])
+        return cached_loss if same else None
 
     def _versions(self) -> list[int]:
         """Version counters of every parameter and gradient (-1 for a missing gradient)."""

@@ -136,3 +136,27 @@ def test_a_compiled_closure_works_in_closure_mode():
     assert losses == pytest.approx(eager_losses, rel=1e-4, abs=1e-5)
     for p, e in zip(params, eager_params, strict=True):
         torch.testing.assert_close(p, e, rtol=1e-3, atol=1e-4)
+
+
+def test_lookahead_context_sees_batchnorm_inside_a_compiled_model_without_recompiling():
+    from newt import lookahead as la
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.BatchNorm1d(16),
+                                torch.nn.Dropout(0.5), torch.nn.Linear(16, 1))
+    compiled = torch.compile(model)
+    x = torch.randn(32, 8)
+    for step in range(3):
+        if step == 1:
+            torch.compiler.set_stance("fail_on_recompile")
+        try:
+            with la.capture() as saved:
+                first = compiled(x).pow(2).mean()
+            with la.lookahead(saved):
+                second = compiled(x).pow(2).mean()
+        finally:
+            torch.compiler.set_stance("default")
+        assert torch.equal(first, second)  # the same dropout masks
+        assert int(model[1].num_batches_tracked) == step + 1
+    la.restore_model_state(saved)
+    assert int(model[1].num_batches_tracked) == 2

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import gzip
 import importlib
+import inspect
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -12,6 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+
+import newt
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples"
@@ -53,7 +57,7 @@ def _block(tmp_path: Path, *modules: str) -> Path:
 
 
 def test_every_example_is_listed():
-    assert set(ALL) == {*OFFLINE, *FRAMEWORKS, "mnist_torchvision.py"}
+    assert set(ALL) == {*OFFLINE, *FRAMEWORKS, "mnist_torchvision.py", "ddp.py"}
 
 
 @pytest.mark.parametrize("script", ALL)
@@ -173,3 +177,22 @@ def test_mnist_example_rejects_a_file_that_is_not_idx(tmp_path):
     result = _run("mnist_torchvision.py", "--data", str(raw), "--out", str(tmp_path / "f.png"))
     assert result.returncode == 1
     assert "is not an MNIST idx file" in result.stderr and "download it again" in result.stderr
+
+
+@pytest.mark.skipif("process_group" not in inspect.signature(newt.NewtOptimizer).parameters,
+                    reason="NewtOptimizer(process_group=...) arrives with the core v2")
+def test_ddp_example_runs_under_torchrun_on_two_gloo_processes(tmp_path):
+    _needs("sklearn", "matplotlib")
+    out = tmp_path / "alpha.png"
+    env = dict(os.environ, MPLBACKEND="Agg", OMP_NUM_THREADS="1",
+               PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
+    if "lo" in [name for _, name in socket.if_nameindex()]:
+        env["GLOO_SOCKET_IFNAME"] = "lo"  # loopback only
+    result = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+         str(EXAMPLES / "ddp.py"), "--quick", "--out", str(out)],
+        capture_output=True, text=True, timeout=180, env=env, cwd=ROOT, check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "ranks agree: True" in result.stdout
+    assert result.stdout.count("rank 1: α") == 1
+    assert out.read_bytes()[:8] == PNG_MAGIC
