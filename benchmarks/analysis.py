@@ -4,14 +4,20 @@ For each (problem, method, swept value x) the runs over seeds are averaged
 (a point with a non-finite run counts as infinite). Then, per problem:
 
 - the *tuned baseline* of an inner optimizer is the best point of its
-  fixed-LR sweep (L-BFGS, which has no inner optimizer, is compared with the
-  best of all fixed-LR sweeps);
+  fixed-LR sweep, the *tuned + cosine baseline* the best point of the same
+  sweep with the warmup + cosine schedule; a method is compared with the one
+  its ``baseline_of`` names (by default its inner optimizer; scheduled
+  methods with ``"<inner>+cos"``; L-BFGS, which has no inner optimizer, with
+  the best of all fixed-LR sweeps);
 - *ratio* = method's value ÷ tuned value (suboptimality f − f* where f* is
-  known, else the training loss), at equal evaluations and at equal steps;
-  a run that ended non-finite or above its initial loss counts as ∞;
-- *robust width* = number of swept decades with ratio ≤ 1.25; *median* and
-  *worst* ratio over the sweep; *diverged* = runs that ended non-finite or
-  above their initial loss.
+  known, else the training loss, or the held-out loss for a problem judged
+  on it), at equal evaluations and at equal steps; a run that ended
+  non-finite or above its initial loss counts as ∞. On an ``excess``
+  problem (the language model: f* unknown, losses of order one) the
+  comparison is the *excess* value − tuned value in nats instead;
+- *robust width* = number of swept decades with ratio ≤ 1.25 (excess ≤
+  0.02 nats); *median* and *worst* ratio (excess) over the sweep;
+  *diverged* = runs that ended non-finite or above their initial loss.
 
 Suboptimalities below ``FLOOR`` × the initial suboptimality count as solved:
 they are raised to that floor so that ratios between round-off levels do not
@@ -27,10 +33,12 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["FLOOR", "GOOD_RATIO", "Summary", "summarise", "tuned_baselines"]
+__all__ = ["FLOOR", "GOOD_EXCESS", "GOOD_RATIO", "Summary", "compare", "summarise",
+           "tuned_baselines"]
 
 FLOOR = 1e-10
 GOOD_RATIO = 1.25
+GOOD_EXCESS = 0.02  # nats: the "as good as tuned" margin on an excess problem
 
 
 @dataclass
@@ -42,7 +50,7 @@ class Summary:
     inner: str | None
     xs: list[float]
     values: list[float]  # mean final suboptimality at equal evaluations, per x
-    ratios: list[float]  # values ÷ tuned
+    ratios: list[float]  # values ÷ tuned (values − tuned on an excess problem)
     step_ratios: list[float]  # the same at equal steps
     tuned: float
     initial: float  # mean initial suboptimality
@@ -54,6 +62,8 @@ class Summary:
     runs: int
     test_accuracy: list[float | None] = field(default_factory=list)  # mean per x
     test_loss: list[float | None] = field(default_factory=list)
+    baseline: str | None = None  # the fixed-LR method whose best point is ``tuned``
+    excess: bool = False  # ratios are excesses in nats
 
     @property
     def best_index(self) -> int:
@@ -90,6 +100,16 @@ def _points(runs: list[dict[str, Any]]) -> dict[tuple[str, str], dict[float, lis
     return grouped
 
 
+def compare(value: float, tuned: float, excess: bool = False) -> float:
+    """``value`` against the tuned baseline: the ratio, or the excess ``value − tuned`` (nats).
+
+    A diverged value (∞) stays ∞ either way.
+    """
+    if excess:
+        return math.inf if math.isinf(value) else value - tuned
+    return value / tuned
+
+
 def tuned_baselines(runs: list[dict[str, Any]],
                     inners: Iterable[str]) -> dict[tuple[str, str], float]:
     """(problem, inner) -> best mean final value of its fixed-LR sweep ("*": best of all)."""
@@ -104,15 +124,27 @@ def tuned_baselines(runs: list[dict[str, Any]],
     return best
 
 
-def summarise(runs: list[dict[str, Any]], inner_of: dict[str, str | None]) -> list[Summary]:
+def summarise(runs: list[dict[str, Any]], inner_of: dict[str, str | None],
+              baseline_of: dict[str, str | None] | None = None,
+              problem_baseline: dict[str, str] | None = None,
+              excess: Iterable[str] = ()) -> list[Summary]:
     """One :class:`Summary` per (problem, method), in the order methods appear in ``inner_of``.
 
     Args:
         runs: :meth:`benchmarks.harness.RunResult.to_dict` dictionaries.
-        inner_of: method name -> the inner optimizer it is compared with
-            (``None``: the best of all fixed-LR sweeps).
+        inner_of: method name -> its inner optimizer (``None``: none).
+        baseline_of: method name -> the fixed-LR method it is compared with
+            (``None``: the best of all fixed-LR sweeps); default ``inner_of``.
+        problem_baseline: problem -> an inner optimizer every method of that
+            problem is compared with instead (its ``+cos`` sweep for scheduled
+            methods), e.g. ``{"byte_lm": "AdamW"}``.
+        excess: problems compared by excess in nats instead of ratio.
     """
-    fixed = [m for m, inner in inner_of.items() if inner == m]
+    baseline_of = dict(inner_of if baseline_of is None else baseline_of)
+    problem_baseline = problem_baseline or {}
+    excess = set(excess)
+    fixed = {name for name in baseline_of.values() if name is not None}
+    fixed |= {inner + suffix for inner in problem_baseline.values() for suffix in ("", "+cos")}
     tuned = tuned_baselines(runs, fixed)
     grouped = _points(runs)
     order = {name: i for i, name in enumerate(inner_of)}
@@ -120,12 +152,17 @@ def summarise(runs: list[dict[str, Any]], inner_of: dict[str, str | None]) -> li
     for (problem, method), by_x in sorted(grouped.items(),
                                           key=lambda kv: (kv[0][0], order.get(kv[0][1], 1e9))):
         inner = inner_of.get(method)
-        reference = tuned.get((problem, inner or "*"), math.nan)
+        baseline = baseline_of.get(method)
+        if problem in problem_baseline and baseline is not None:
+            baseline = problem_baseline[problem] + ("+cos" if baseline.endswith("+cos") else "")
+        reference = tuned.get((problem, baseline or "*"), math.nan)
         xs = sorted(by_x)
         values = [_mean(_value(r, "at_evals") for r in by_x[x]) for x in xs]
         step_values = [_mean(_value(r, "at_steps") for r in by_x[x]) for x in xs]
-        ratios = [v / reference for v in values]
-        step_ratios = [v / reference for v in step_values]
+        by_excess = problem in excess
+        ratios = [compare(v, reference, by_excess) for v in values]
+        step_ratios = [compare(v, reference, by_excess) for v in step_values]
+        good = GOOD_EXCESS if by_excess else GOOD_RATIO
         all_runs = [r for x in xs for r in by_x[x]]
         summaries.append(Summary(
             problem=problem,
@@ -137,7 +174,7 @@ def summarise(runs: list[dict[str, Any]], inner_of: dict[str, str | None]) -> li
             step_ratios=step_ratios,
             tuned=reference,
             initial=statistics.fmean(r["initial"]["subopt"] for r in all_runs),
-            width=sum(r <= GOOD_RATIO for r in ratios) if len(xs) > 1 else None,
+            width=sum(r <= good for r in ratios) if len(xs) > 1 else None,
             median=statistics.median(ratios),
             worst=max(ratios),
             best_x=xs[min(range(len(xs)), key=values.__getitem__)],
@@ -145,5 +182,7 @@ def summarise(runs: list[dict[str, Any]], inner_of: dict[str, str | None]) -> li
             runs=len(all_runs),
             test_accuracy=[_mean(r["at_evals"]["test_accuracy"] for r in by_x[x]) for x in xs],
             test_loss=[_mean(r["at_evals"]["test_loss"] for r in by_x[x]) for x in xs],
+            baseline=baseline,
+            excess=by_excess,
         ))
     return summaries

@@ -57,7 +57,7 @@ def measure_cost(problem_name: str, inners: Sequence[str] = ("SGD", "Adam"), ste
     """
     problem = get_problem(problem_name)
     methods: list[Method] = [
-        m for m in catalog(inners=inners, presets=("default",))
+        m for m in catalog(inners=inners, presets=("default",), schedules=("",))
         if m.kind in ("fixed", "newt") and not (m.deterministic_only and problem.stochastic)
     ]
     runs = {m.name: Run(problem, m, _LR[m.inner], seed) for m in methods}

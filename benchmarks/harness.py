@@ -32,7 +32,13 @@ import torch
 from torch import nn
 from torch.optim import Optimizer
 
-from benchmarks.methods import Method, effective_lr, make_optimizer
+from benchmarks.methods import (
+    Method,
+    effective_lr,
+    make_averager,
+    make_optimizer,
+    make_scheduler,
+)
 from newt.problems import Problem, get_problem
 
 __all__ = ["Budget", "Run", "RunResult", "run_one"]
@@ -54,7 +60,8 @@ class RunResult:
     """Metrics at equal evaluations and at equal steps, and traces for plots.
 
     ``at_evals`` / ``at_steps`` hold ``steps``, ``evals``, ``loss`` (full
-    training loss), ``subopt`` (loss − f*, or the loss when f* is unknown),
+    training loss), ``subopt`` (the judged value, ``Problem.objective_value``:
+    loss − f*, the loss when f* is unknown, or the held-out loss),
     ``test_accuracy``/``test_loss`` (``None`` without a test set) and ``lr``
     (the step size in use). ``trace`` has the same keys as lists, at
     checkpoints; ``lr_steps`` is the step size at (downsampled) steps.
@@ -95,13 +102,18 @@ def _measure(problem: Problem, model: nn.Module, optimizer: Optimizer, steps: in
              evals: int) -> dict[str, Any]:
     with _evaluation_mode(optimizer):
         loss = problem.train_loss(model)
+        test_loss = problem.test_loss(model) if problem.test_loss else None
+        if problem.objective == "test":
+            judged = test_loss
+        else:
+            judged = loss - problem.f_star if problem.f_star is not None else loss
         return {
             "steps": steps,
             "evals": evals,
             "loss": loss,
-            "subopt": loss - problem.f_star if problem.f_star is not None else loss,
+            "subopt": judged,
             "test_accuracy": problem.test_accuracy(model) if problem.test_accuracy else None,
-            "test_loss": problem.test_loss(model) if problem.test_loss else None,
+            "test_loss": test_loss,
             "lr": effective_lr(optimizer),
         }
 
@@ -116,10 +128,13 @@ def _downsample(points: list[Any], n: int = 200) -> list[Any]:
 class Run:
     """The state of one run: model, optimizer, batches, counters, traces."""
 
-    def __init__(self, problem: Problem, method: Method, x: float, seed: int) -> None:
+    def __init__(self, problem: Problem, method: Method, x: float, seed: int,
+                 horizon: int | None = None) -> None:
         self.problem, self.method = problem, method
         self.model = problem.init(seed)
-        self.optimizer = make_optimizer(method, self.model.parameters(), x)
+        self.optimizer = make_optimizer(method, self.model.parameters(), x, horizon)
+        self.scheduler = make_scheduler(method, self.optimizer, horizon or 1)
+        self.averager = make_averager(method, self.model)
         if callable(getattr(self.optimizer, "train", None)):
             self.optimizer.train()  # schedule-free optimizers start in training mode
         self.batches = problem.batches(seed)
@@ -141,7 +156,8 @@ class Run:
         return loss
 
     def measure(self) -> dict[str, Any]:
-        return _measure(self.problem, self.model, self.optimizer, self.steps, self.evals)
+        model = self.model if self.averager is None else self.averager.averaged_model
+        return _measure(self.problem, model, self.optimizer, self.steps, self.evals)
 
     def record(self) -> dict[str, Any]:
         point = self.measure()
@@ -164,6 +180,10 @@ class Run:
             self.optimizer.step()
         else:
             loss = self.optimizer.step(self.closure)
+        if self.scheduler is not None:
+            self.scheduler.step()
+        if self.averager is not None:
+            self.averager.step()
         self.steps += 1
         self.lr_steps.append((self.steps, effective_lr(self.optimizer)))
         if loss is not None and math.isfinite(float(loss.detach())):
@@ -221,7 +241,7 @@ def run_one(problem: Problem | str, method: Method, x: float, seed: int,
     if method.deterministic_only and problem.stochastic:
         raise ValueError(f"{method.name} needs a deterministic problem; {problem.name} is not")
     start = time.perf_counter()
-    run = Run(problem, method, x, seed)
+    run = Run(problem, method, x, seed, horizon=max(1, budget.evals // method.evals_per_step))
     train = run.train_lbfgs if method.mode == "lbfgs" else run.train
     at_evals, at_steps, finite = train(budget)
     final = at_evals["loss"]

@@ -15,7 +15,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
-from benchmarks.analysis import FLOOR, GOOD_RATIO, Summary
+from benchmarks.analysis import FLOOR, GOOD_EXCESS, GOOD_RATIO, Summary
 from benchmarks.heatmap import plot_heatmap
 from benchmarks.methods import INNER
 
@@ -50,9 +50,11 @@ def _best(s: Summary, values: Sequence[float | None]) -> float | None:
 def _style(s: Summary, methods: dict[str, Any]) -> dict[str, Any]:
     method = methods[s.method]
     if method.kind == "fixed":
-        return {"color": "black", "marker": "o", "lw": 2, "zorder": 5}
+        return {"color": "black", "marker": "o", "lw": 2, "zorder": 5,
+                **({"ls": "--", "color": "0.35", "marker": "D"} if method.schedule else {})}
     if method.kind == "newt":
         linestyle = "--" if method.preset == "seed" else (":" if method.variant else "-")
+        linestyle = (0, (6, 1, 1, 1)) if method.schedule else linestyle
         return {"color": _MODE_COLOURS[method.newt_mode], "ls": linestyle, "ms": 3.5,
                 "marker": _MODE_MARKERS[method.newt_mode],
                 "alpha": 0.9 if method.preset == "default" else 0.7}
@@ -92,8 +94,9 @@ def plot_sweeps(summaries: list[Summary], methods: dict[str, Any], problem: str,
             lost = [x for x, v in zip(s.xs, s.values, strict=True) if not v <= top]
             if lost:
                 ax.plot(lost, [top] * len(lost), "x", color=style.get("color"), ms=8)
-            if methods[s.method].kind == "fixed":
-                ax.axhspan(bottom, s.tuned * GOOD_RATIO, color="0.85", zorder=0)
+            if methods[s.method].kind == "fixed" and not methods[s.method].schedule:
+                good = s.tuned + GOOD_EXCESS if s.excess else s.tuned * GOOD_RATIO
+                ax.axhspan(bottom, good, color="0.85", zorder=0)
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.set_ylim(bottom, top * 1.5)
@@ -103,8 +106,11 @@ def plot_sweeps(summaries: list[Summary], methods: dict[str, Any], problem: str,
         ax.legend(fontsize=6.5, loc="best")
     for ax in axes[:, 0]:
         ax.set_ylabel("final f − f* (or loss), equal evaluations")
-    fig.suptitle(f"{title}\ngrey band: ratio ≤ {GOOD_RATIO} to the tuned fixed lr; × at the top: "
-                 f"diverged (non-finite or above the initial value)")
+    band = (f"excess ≤ {GOOD_EXCESS} nats over" if rows[0].excess
+            else f"ratio ≤ {GOOD_RATIO} to")
+    fig.suptitle(f"{title}\ngrey band: {band} the tuned fixed lr; dashed grey: tuned lr + "
+                 f"cosine;\n× at the top: diverged (non-finite or above the initial value)",
+                 fontsize=9)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=90)
@@ -116,8 +122,10 @@ def plot_lr_traces(runs: list[dict[str, Any]], problem: str, mode: str, xs: Sequ
                    inners: Sequence[str] = ("SGD", "Adam", "AdamW"), seed: int = 0) -> None:
     """Training loss (top) and α (bottom) over steps, one column per inner optimizer.
 
-    Solid: newt (default preset), dashed: newt's seed preset, both in ``mode``,
-    one colour per initial lr; black: the tuned fixed-LR run.
+    Solid: newt (default preset), dashed: newt's seed preset, dash-dotted: newt
+    with the cosine schedule (its α panel shows the step size α·lr/initial_lr),
+    all in ``mode``, one colour per initial lr; black: the tuned fixed-LR run
+    (dashed: the tuned + cosine run).
     """
     index = {(r["method"], r["x"]): r for r in runs
              if r["problem"] == problem and r["seed"] == seed}
@@ -127,11 +135,12 @@ def plot_lr_traces(runs: list[dict[str, Any]], problem: str, mode: str, xs: Sequ
     for column, inner in enumerate(inners):
         loss_ax, lr_ax = axes[0][column], axes[1][column]
         for x, colour in zip(xs, colours, strict=True):
-            for preset, ls in (("newt", "-"), ("newt-seed", "--")):
-                run = index.get((f"{inner}+{preset}[{mode}]", x))
+            for preset, suffix, ls in (("newt", "", "-"), ("newt-seed", "", "--"),
+                                       ("newt", "+cos", "-.")):
+                run = index.get((f"{inner}+{preset}[{mode}]{suffix}", x))
                 if run is None:
                     continue
-                label = f"{preset} α₀={_x(x)}"
+                label = f"{preset}{suffix} α₀={_x(x)}"
                 loss_ax.plot(run["trace"]["steps"], run["trace"]["loss"], ls=ls, color=colour,
                              label=label)
                 steps, lrs = zip(*run["lr_steps"], strict=True)
@@ -141,6 +150,12 @@ def plot_lr_traces(runs: list[dict[str, Any]], problem: str, mode: str, xs: Sequ
             loss_ax.plot(baseline["trace"]["steps"], baseline["trace"]["loss"], color="black",
                          lw=1.5, label=f"{inner} tuned lr={_x(baseline['x'])}")
             lr_ax.axhline(baseline["x"], color="black", lw=1, ls=":", label="tuned lr")
+        cosine = index.get((inner + "+cos", tuned_x.get(inner + "+cos")))
+        if cosine is not None:
+            loss_ax.plot(cosine["trace"]["steps"], cosine["trace"]["loss"], color="black",
+                         lw=1.2, ls="--", label=f"{inner}+cos tuned lr={_x(cosine['x'])}")
+            steps, lrs = zip(*cosine["lr_steps"], strict=True)
+            lr_ax.plot(steps, lrs, color="black", lw=1, ls="--", label="tuned lr + cosine")
         loss_ax.set_yscale("log")
         lr_ax.set_yscale("log")
         per_step = "2 evaluations/step" if mode == "closure" else "1 evaluation/step"
@@ -177,13 +192,15 @@ def _summary_matrix(summaries: list[Summary], methods: Sequence[str],
 
 def _problem_table(rows: list[Summary], has_test: str | None) -> list[str]:
     equal_steps = any(not math.isnan(statistics.median(s.step_ratios)) for s in rows)
-    columns = ["method", "best x", "final @best", "ratio @best", "median ratio", "worst ratio",
-               "width", *(["median ratio, equal steps"] if equal_steps else []), "diverged",
+    word = "excess (nats)" if rows and rows[0].excess else "ratio"
+    columns = ["method", "vs", "best x", "final @best", f"{word} @best", f"median {word}",
+               f"worst {word}", "width", *([f"median {word}, equal steps"] if equal_steps else []),
+               "diverged",
                *({"accuracy": ["test acc @best"], "loss": ["test loss @best"]}.get(has_test, []))]
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     for s in rows:
-        cells = [s.method, _x(s.best_x), fmt(s.values[s.best_index]), fmt(s.ratios[s.best_index]),
-                 fmt(s.median), fmt(s.worst),
+        cells = [s.method, s.baseline or "best", _x(s.best_x), fmt(s.values[s.best_index]),
+                 fmt(s.ratios[s.best_index]), fmt(s.median), fmt(s.worst),
                  "–" if s.width is None else f"{s.width}/{len(s.xs)}"]
         if equal_steps:
             cells.append(fmt(statistics.median(s.step_ratios)))
@@ -223,12 +240,19 @@ def write_markdown(path: Path, meta: dict[str, Any], summaries: list[Summary],
         f"learning rates {', '.join(_x(x) for x in meta['grid'])} (Prodigy/D-Adapt: `d0`, DoG: "
         "`reps_rel`); a method that evaluates twice per step gets half the steps. "
         "Values are the mean over seeds of the final suboptimality f − f* (training loss where "
-        "f* is unknown) on the full training set.",
+        "f* is unknown) on the full training set; on `byte_lm` the held-out loss. Rows "
+        "`<problem>-long` are the stochastic problems at a budget 3× longer.",
         "",
         "- **ratio** = value ÷ the best point of the fixed-LR sweep of the same inner optimizer "
-        "(the *tuned baseline*; L-BFGS is compared with the best of all sweeps). "
-        f"Suboptimalities below {FLOOR:g} × the initial one count as solved (floored).",
+        "(the *tuned baseline*; L-BFGS is compared with the best of all sweeps); `+cos` rows "
+        "(linear warmup over 5% of the steps, then cosine decay to 0, attached as an LR "
+        "scheduler) are compared with the best point of the inner optimizer's sweep with the "
+        "same schedule (*tuned + cosine*, rows `Adam+cos` etc.); column **vs** names the "
+        f"reference. Suboptimalities below {FLOOR:g} × the initial one count as solved "
+        "(floored). On `byte_lm` (f* unknown, losses of order 1) the comparison is the "
+        "**excess** = value − tuned value in nats, against AdamW's sweeps for every method.",
         f"- **width** = number of initial learning rates (decades) with ratio ≤ {GOOD_RATIO} "
+        f"(excess ≤ {GOOD_EXCESS} nats) "
         f"({len(meta['grid'])} = the whole sweep). For a fixed-LR row it is how forgiving "
         "the plain optimizer is.",
         "- **median/worst ratio** over the sweep; ∞ when a seed ended non-finite. "
@@ -239,12 +263,16 @@ def write_markdown(path: Path, meta: dict[str, Any], summaries: list[Summary],
         "after `backward()`, 1/step; `[reuse]` = `reuse_lookahead=True`, 1/step, deterministic "
         "problems only. `newt` = default preset, `newt-seed` = `preset=\"seed\"` (which needs "
         "a closure, so it has no `[free]` row). SGD-HD: hypergradient descent with the "
-        "paper's β = 1e-3, which is not scale-free: it diverges where gradients are large.",
+        "paper's β = 1e-3, which is not scale-free: it diverges where gradients are large. "
+        "Peers as their authors recommend them: Prodigy, D-Adapt Adam with `lr=1`, with and "
+        "without the cosine schedule (Prodigy+cos with `safeguard_warmup=True`); DoG+avg: DoG "
+        "measured at its polynomial-decay iterate average (γ = 8); SF-AdamW with 5% warmup "
+        "and weight decay 0.01, measured at its averaged point (`opt.eval()`).",
         "",
         "## Summary: width · median ratio",
         "",
         "Each cell: robust width / sweep size · median ratio to the tuned baseline "
-        "(at equal gradient evaluations).",
+        "(at equal gradient evaluations; on `byte_lm` the median excess in nats).",
         "",
         *([f"![width and median ratio, method × problem]"
            f"({os.path.relpath(heatmap, path.parent)})", ""] if heatmap else []),

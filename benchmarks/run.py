@@ -3,14 +3,25 @@
 Usage (from the repository root)::
 
     python -m benchmarks.run --quick            # 5 problems, short budgets, 2 seeds
-    python -m benchmarks.run --full             # all 12 problems, 3 seeds
+    python -m benchmarks.run --full             # all 13 problems, short + long budgets, 3 seeds
+    python -m benchmarks.run --full --estimate  # time one short run per method: --full's minutes
+    python -m benchmarks.run --problems byte_lm --budgets short --seeds 1 \
+        --methods 'AdamW+newt[free]*,Prodigy*'  # a subset
     python -m benchmarks.run --quick --newt-options '{"gamma": 0.3}'
     python -m benchmarks.run --quick --reuse benchmarks/results/quick-latest.json \\
         --methods '*newt*' --presets default --newt-variants '{"g03": {"gamma": 0.3}}'
 
+Stochastic problems run at a short budget and a long one (``LONG`` × the
+short one, rows ``<problem>-long``); ``--budgets`` picks them. Every
+fixed-LR baseline and every default-preset newt row also runs with linear
+warmup + cosine decay (``+cos`` rows, compared with the tuned + cosine
+baseline); ``--schedules none`` drops them.
+
 A run with any selection or override (``--problems``, ``--methods``,
-``--inners``, ``--modes``, ``--presets``, ``--newt-options``,
-``--newt-variants``, ``--seeds``, ``--budget-scale``) writes its page and
+``--exclude``, ``--inners``, ``--modes``, ``--presets``, ``--schedules``,
+``--budgets``, ``--newt-options``, ``--newt-variants``, ``--seeds``,
+``--long-seeds``, ``--long-equal-steps``, ``--budget-scale``)
+writes its page and
 plots under ``benchmarks/results/`` instead of ``docs/``, so tuning never
 overwrites the published results. ``--reuse`` takes the runs it can from an
 earlier JSON (same problem, method and options, x, seed and budget): the
@@ -41,57 +52,79 @@ from tqdm import tqdm
 from benchmarks import report
 from benchmarks.analysis import Summary, summarise
 from benchmarks.cost import measure_cost
-from benchmarks.harness import Budget, run_one
+from benchmarks.harness import Budget, Run, run_one
 from benchmarks.methods import INNER, MODES, Method, catalog, missing_peers
 from newt.problems import PROBLEMS, get_problem
 
 GRID = tuple(10.0**k for k in range(-6, 1))  # 1e-6 … 1, one per decade
 TRACE_XS = (1e-4, 1e-2, 1.0)  # initial lrs shown in the α-trace figure
+TRACES = (("digits_mlp", ("SGD", "Adam", "AdamW")), ("byte_lm", ("AdamW",)))  # α-trace figures
 ROOT = Path(__file__).resolve().parent.parent
+LONG = 3  # the long budget of a stochastic problem, × the short one
+LONG_SUFFIX = "-long"  # a long-budget row's problem label: "digits_mlp-long"
+# Problems where every method is compared with one inner optimizer's sweeps, and only
+# that inner optimizer's rows (and the peers) run: the language model is an AdamW workload.
+PROBLEM_INNER = {"byte_lm": "AdamW"}
+CHECKPOINTS = {"byte_lm": 10}  # trace points per run where a measurement is expensive
+# relative cost of a step (for ordering tasks and nothing else)
+_WEIGHT = {"digits_mlp": 3.0, "digits_cnn": 8.0, "quadratic_deep": 1.5, "byte_lm": 150.0}
 
 
 @dataclass(frozen=True)
 class Config:
-    """A benchmark size: problems with their budgets (gradient evaluations), seeds, cost runs."""
+    """A benchmark size: problems with their short budgets (gradient evaluations), which
+    budgets run (``"short"``, ``"long"``: ``LONG`` × short, stochastic problems only), seeds,
+    cost runs."""
 
     name: str
     budgets: dict[str, int]
+    budget_sets: tuple[str, ...]
     seeds: int
     cost_problems: tuple[str, ...]
     cost_rounds: int
     equal_steps: bool
     notes: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()  # method globs left out unless --methods is given
 
 
 QUICK = Config(
     name="quick",
     budgets={"rosenbrock": 400, "quadratic_1e4": 300, "breast_cancer_logreg": 300,
              "quadratic_deep": 350, "digits_mlp": 220},
+    budget_sets=("short",),
     seeds=2,
     cost_problems=("breast_cancer_logreg", "digits_mlp"),
     cost_rounds=5,
     equal_steps=False,
-    notes=("QUICK run: 5 of the 12 problems, shortened budgets (quadratic_deep 50 epochs "
-           "instead of 100, digits MLP 20 epochs), 2 seeds on stochastic problems, no "
-           "equal-steps column (`--equal-steps` adds it). `--full` runs the whole protocol.",),
+    exclude=("*newt-seed*", "*newt[closure]+cos", "*newt[reuse]+cos", "D-Adapt Adam+cos", "DoG"),
+    notes=("QUICK run: 5 of the 13 problems, shortened budgets (quadratic_deep 50 epochs "
+           "instead of 100, digits MLP 20 epochs), no long budgets, 2 seeds on stochastic "
+           "problems, no equal-steps column (`--equal-steps` adds it). `--full` runs the whole "
+           "protocol.",),
 )
 FULL = Config(
     name="full",
     budgets={"rosenbrock": 2000, "beale": 1000, "booth": 500, "himmelblau": 1000,
              "quadratic_1e2": 500, "quadratic_1e4": 1000, "quadratic_1e6": 1000,
              "breast_cancer_logreg": 1000, "quadratic_deep": 700, "digits_logreg": 550,
-             "digits_mlp": 550, "digits_cnn": 330},
+             "digits_mlp": 550, "digits_cnn": 330, "byte_lm": 300},
+    budget_sets=("short", "long"),
     seeds=3,
     cost_problems=("breast_cancer_logreg", "digits_mlp", "digits_cnn"),
     cost_rounds=9,
     equal_steps=True,
 )
-FULL_TIME_NOTE = ("`--full` (12 problems; digits 50 epochs, CNN 30, quadratic_deep 100; 3 seeds; "
-                  "equal-steps column) took 21.8 min with 2 worker processes on this 2-core "
-                  "machine (2026-11-23, commit e7acd3f).")
+FULL_TIME_NOTE = ("`--full` before the cosine rows, long budgets and byte_lm (12 problems; "
+                  "digits 50 epochs, CNN 30, quadratic_deep 100; 3 seeds; equal-steps column) "
+                  "took 21.8 min with 2 worker processes on this 2-core machine (2026-11-23, "
+                  "commit e7acd3f); `python -m benchmarks.run --full --estimate` estimates "
+                  "the current one.")
 HOWTO = [
     "python -m benchmarks.run --quick        # the quick version of this page",
     "python -m benchmarks.run --full         # the whole protocol",
+    "python -m benchmarks.run --full --estimate   # its duration, from one short run per method",
+    "python -m benchmarks.run --problems byte_lm,digits_mlp --budgets short --seeds 1 \\",
+    "    --methods 'AdamW+newt[free]*,Prodigy*'   # a subset (baselines always run)",
     "# tune newt: override its defaults, or add variants next to them; earlier runs",
     "# are reused and the page goes to benchmarks/results/report-quick.md",
     "python -m benchmarks.run --quick --reuse benchmarks/results/quick-latest.json \\",
@@ -104,28 +137,65 @@ COMMON_NOTE = ("Deterministic problems run one seed: nothing in them is random (
 
 
 # ---------------------------------------------------------------- tasks
-Task = tuple[str, Method, float, int, Budget]
+Task = tuple[str, Method, float, int, Budget]  # (problem label, method, x, seed, budget)
+
+
+def problem_of(label: str) -> str:
+    """The problem a row label names: ``"digits_mlp-long"`` -> ``"digits_mlp"``."""
+    return label.removesuffix(LONG_SUFFIX) if label not in PROBLEMS else label
+
+
+def expand_budgets(budgets: dict[str, int], sets: tuple[str, ...]) -> dict[str, int]:
+    """Row labels and their budgets: ``"short"`` as given, ``"long"`` (``LONG`` × short,
+    label ``<problem>-long``) for the stochastic problems."""
+    unknown = set(sets) - {"short", "long"}
+    if unknown or not sets:
+        raise ValueError(f"budgets={sorted(sets)}: use 'short', 'long' or 'short,long'")
+    out: dict[str, int] = {}
+    for name, evals in budgets.items():
+        if "short" in sets or not get_problem(name).stochastic:
+            out[name] = evals
+        if "long" in sets and get_problem(name).stochastic:
+            out[name + LONG_SUFFIX] = LONG * evals
+    return out
+
+
+def applies(method: Method, problem: str) -> bool:
+    """Whether ``method`` runs on ``problem`` (a name, not a label)."""
+    if method.deterministic_only and get_problem(problem).stochastic:
+        return False
+    only = PROBLEM_INNER.get(problem)
+    if only is not None and method.kind != "peer":
+        return method.inner == only
+    return True
 
 
 def _task_key(problem: str, method_key: str, x: float, seed: int, budget: dict[str, Any]) -> str:
     return json.dumps([problem, method_key, x, seed, budget["evals"], budget["steps"]])
 
 
-def _tasks(problems: dict[str, int], methods: list[Method], seeds: int,
-           equal_steps: bool) -> list[Task]:
+def _per(value: Any, label: str) -> Any:
+    """``value[label]`` for a per-row dict, else ``value`` itself."""
+    return value[label] if isinstance(value, dict) else value
+
+
+def _tasks(problems: dict[str, int], methods: list[Method], seeds: int | dict[str, int],
+           equal_steps: bool | dict[str, bool]) -> list[Task]:
+    """Every run: ``seeds`` and ``equal_steps`` may be given per row label."""
     tasks = []
-    for name, evals in problems.items():
+    for label, evals in problems.items():
+        name = problem_of(label)
         stochastic = get_problem(name).stochastic
         for method in methods:
-            if method.deterministic_only and stochastic:
+            if not applies(method, name):
                 continue
             xs = GRID if method.swept else (1.0,)
-            for seed in range(seeds if stochastic else 1):
-                budget = Budget(evals, evals if equal_steps else None)
-                tasks.extend((name, method, x, seed, budget) for x in xs)
+            for seed in range(_per(seeds, label) if stochastic else 1):
+                budget = Budget(evals, evals if _per(equal_steps, label) else None,
+                                checkpoints=CHECKPOINTS.get(name, 40))
+                tasks.extend((label, method, x, seed, budget) for x in xs)
     # longest first, so that two workers finish together
-    weight = {"digits_mlp": 3.0, "digits_cnn": 8.0, "quadratic_deep": 1.5}
-    return sorted(tasks, key=lambda t: -t[4].evals * weight.get(t[0], 1.0)
+    return sorted(tasks, key=lambda t: -t[4].evals * _WEIGHT.get(problem_of(t[0]), 1.0)
                   * (2 if t[1].mode == "closure" else 1))
 
 
@@ -136,8 +206,11 @@ def _init_worker() -> None:
 
 def _work(task: Task) -> dict[str, Any]:
     """One run as a dict; a run that raises is returned with its ``error`` instead."""
+    label, method, x, seed, budget = task
     try:
-        return run_one(*task).to_dict()
+        result = run_one(problem_of(label), method, x, seed, budget).to_dict()
+        result["problem"] = label
+        return result
     except Exception as error:  # one broken method must not stop the benchmark
         problem, method, x, seed, _ = task
         return {"problem": problem, "method": method.name, "x": x, "seed": seed,
@@ -154,7 +227,14 @@ def _run_tasks(tasks: list[Task], workers: int) -> list[dict[str, Any]]:
 
 
 # ---------------------------------------------------------------- selection
-def _select_methods(args: argparse.Namespace) -> tuple[list[Method], list[str]]:
+def _matches(name: str, pattern: str) -> bool:
+    """``fnmatch`` glob, where ``[...]`` also matches literally (``'Adam+newt[free]*'``)."""
+    return (fnmatch.fnmatchcase(name, pattern)
+            or fnmatch.fnmatchcase(name, pattern.replace("[", "[[]")))
+
+
+def _select_methods(args: argparse.Namespace,
+                    config: Config | None = None) -> tuple[list[Method], list[str]]:
     notes = []
     if args.newt_options:
         notes.append(f"The `newt` rows use the default preset with `{args.newt_options}`.")
@@ -167,21 +247,44 @@ def _select_methods(args: argparse.Namespace) -> tuple[list[Method], list[str]]:
         inners=args.inners.split(","),
         modes=args.modes.split(","),
         presets=args.presets.split(","),
+        schedules=tuple("" if s == "none" else s for s in args.schedules.split(",")),
     )
     if args.methods:
         patterns = args.methods.split(",")
         methods = [m for m in methods
-                   if m.kind == "fixed" or any(fnmatch.fnmatchcase(m.name, p) for p in patterns)]
+                   if m.kind == "fixed" or any(_matches(m.name, p) for p in patterns)]
+    if args.exclude:
+        patterns = args.exclude.split(",")
+        methods = [m for m in methods
+                   if m.kind == "fixed" or not any(_matches(m.name, p) for p in patterns)]
+    elif not args.methods and config is not None and config.exclude:
+        methods = [m for m in methods
+                   if m.kind == "fixed" or not any(_matches(m.name, p) for p in config.exclude)]
+        notes.append(f"Rows left out of the {config.name} run (`--methods '*'` runs them): "
+                     f"{', '.join(f'`{p}`' for p in config.exclude)}.")
     missing = missing_peers()
     if missing:
         notes.append(f"Skipped (package not installed): {', '.join(missing)}; "
                      "`pip install newt[bench]` installs them.")
-        methods = [m for m in methods if m.name not in missing]
+        methods = [m for m in methods if m.peer not in missing]
     return methods, notes
 
 
-def _describe(name: str, evals: int, seeds: int) -> dict[str, Any]:
-    problem = get_problem(name)
+def _describe(label: str, evals: int, seeds: int) -> dict[str, Any]:
+    problem = get_problem(problem_of(label))
+    if problem.name == "byte_lm":
+        from newt.problems import LM_FILES, lm_corpus
+
+        train, held_out, digest = lm_corpus()
+        epochs = evals / problem.steps_per_epoch
+        text = (f"Byte-level transformer LM (2 layers, width 64, 4 heads, context 64, batch 32) "
+                f"on the source of {len(LM_FILES)} standard-library modules "
+                f"({len(train) + len(held_out)} bytes, SHA-256 {digest[:12]}…; every tenth "
+                f"4 KiB block held out); budget {evals} gradient evaluations ({epochs:.1f} "
+                f"epochs at one per step); seeds 0–{seeds - 1}. Judged on the held-out loss "
+                f"(nats/byte); the comparison is the **excess** over the tuned baseline in "
+                f"nats, every method against AdamW (weight decay 0.01) or AdamW+cos.")
+        return {"description": text, "test": "loss"}
     if problem.stochastic:
         epochs = evals / problem.steps_per_epoch
         batch = len(next(problem.batches(0))[0])
@@ -205,8 +308,21 @@ def _parser() -> argparse.ArgumentParser:
     size.add_argument("--full", action="store_const", dest="config", const="full",
                       help="every problem of the protocol, 3 seeds")
     parser.add_argument("--problems", help=f"comma-separated subset of {sorted(PROBLEMS)}")
+    parser.add_argument("--budgets", help="'short', 'long' or 'short,long' (long: "
+                        f"{LONG}× on stochastic problems; default: short for --quick, both for "
+                        "--full)")
+    parser.add_argument("--schedules", default="none,cosine",
+                        help="'none', 'cosine' or 'none,cosine': which schedules the fixed-LR, "
+                        "newt and peer rows run with")
+    parser.add_argument("--estimate", action="store_true",
+                        help="time one shortened run per (problem, method) and print how long "
+                        "the selected benchmark takes, without running it")
+    parser.add_argument("--estimate-fraction", type=float, default=0.1,
+                        help="budget fraction of the timed runs of --estimate")
     parser.add_argument("--methods", help="comma-separated name globs, e.g. 'Adam+newt*,Prodigy' "
                         "(the fixed-LR baselines are always run)")
+    parser.add_argument("--exclude", help="comma-separated name globs to leave out, e.g. "
+                        "'*newt-seed*,DoG' (replaces the --quick default exclusions)")
     parser.add_argument("--inners", default=",".join(INNER), help="inner optimizers")
     parser.add_argument("--modes", default=",".join(MODES), help="newt modes")
     parser.add_argument("--presets", default="default,seed", help="newt presets")
@@ -215,9 +331,14 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--newt-variants", help="JSON {label: options}: extra newt rows, "
                         "e.g. '{\"g03\": {\"gamma\": 0.3}, \"fmax4\": {\"factor_max\": 4}}'")
     parser.add_argument("--seeds", type=int, help="seeds per point on stochastic problems")
+    parser.add_argument("--long-seeds", type=int, help="seeds per point on the long-budget rows "
+                        "(default: --seeds)")
     parser.add_argument("--equal-steps", action=argparse.BooleanOptionalAction,
                         help="also run two-evaluation methods to the one-evaluation methods' "
                         "step count (default: on for --full, off for --quick)")
+    parser.add_argument("--long-equal-steps", action=argparse.BooleanOptionalAction,
+                        help="the equal-steps column on the long-budget rows (default: as "
+                        "--equal-steps)")
     parser.add_argument("--budget-scale", type=float, default=1.0,
                         help="multiply every budget (e.g. 0.5 for a faster look)")
     parser.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1))
@@ -245,13 +366,15 @@ def _is_selection(args: argparse.Namespace) -> bool:
     defaults = _parser().parse_args([])
     return any(getattr(args, name) != getattr(defaults, name) for name in (
         "problems", "methods", "inners", "modes", "presets", "newt_options", "newt_variants",
-        "seeds", "budget_scale", "equal_steps"))
+        "seeds", "budget_scale", "equal_steps", "budgets", "schedules", "exclude",
+        "long_seeds", "long_equal_steps"))
 
 
-def sweep(budgets: dict[str, int], methods: list[Method], seeds: int = 2, workers: int = 2,
-          equal_steps: bool = False, reuse: Path | None = None,
+def sweep(budgets: dict[str, int], methods: list[Method], seeds: int | dict[str, int] = 2,
+          workers: int = 2, equal_steps: bool | dict[str, bool] = False,
+          reuse: Path | None = None,
           ) -> tuple[list[dict[str, Any]], list[Summary]]:
-    """Run ``methods`` on ``budgets`` (problem -> gradient evaluations) over the lr grid.
+    """Run ``methods`` on ``budgets`` (problem label -> gradient evaluations) over the lr grid.
 
     For tuning from Python, e.g. comparing newt options on two problems::
 
@@ -265,7 +388,63 @@ def sweep(budgets: dict[str, int], methods: list[Method], seeds: int = 2, worker
     """
     runs = _collect_runs(_tasks(budgets, methods, seeds, equal_steps), reuse, workers)
     ok = [r for r in runs if "error" not in r]
-    return runs, summarise(ok, {m.name: m.inner for m in methods})
+    return runs, summarise_runs(ok, methods, budgets)
+
+
+def summarise_runs(runs: list[dict[str, Any]], methods: list[Method],
+                   budgets: dict[str, int]) -> list[Summary]:
+    """:func:`~benchmarks.analysis.summarise` with each method's baseline and each row's metric."""
+    return summarise(
+        runs, {m.name: m.inner for m in methods}, {m.name: m.baseline for m in methods},
+        problem_baseline={label: PROBLEM_INNER[problem_of(label)] for label in budgets
+                          if problem_of(label) in PROBLEM_INNER},
+        excess=[label for label in budgets if get_problem(problem_of(label)).excess])
+
+
+def estimate(budgets: dict[str, int], methods: list[Method], seeds: int | dict[str, int],
+             workers: int, equal_steps: bool | dict[str, bool], fraction: float = 0.1) -> float:
+    """Minutes the sweep would take: one run per (row, method) at ``fraction`` of its budget
+    (x = 1e-3, seed 0); its set-up time (model, optimizer, first measurement) plus its
+    training time scaled to the whole budget, times the row's number of runs.
+
+    Diverging runs stop early, so this errs on the long side; the cost measurement is not
+    included. Prints one line per row and writes the timings to
+    ``benchmarks/results/estimate-<runs>-runs.json``.
+    """
+    tasks = _tasks(budgets, methods, seeds, equal_steps)
+    groups: dict[tuple[str, str], list[Task]] = {}
+    for task in tasks:
+        groups.setdefault((task[0], task[1].name), []).append(task)
+    _init_worker()
+    per_row: dict[str, float] = {}
+    per_method: list[dict[str, Any]] = []
+    for (label, _), group in tqdm(groups.items(), desc="timing", unit="method"):
+        _, method, _, _, budget = group[0]
+        problem = get_problem(problem_of(label))
+        short = Budget(max(4, round(budget.evals * fraction)),
+                       max(4, round(budget.steps * fraction)) if budget.steps else None,
+                       checkpoints=max(1, round(budget.checkpoints * fraction)))
+        start = time.perf_counter()
+        run = Run(problem, method, 1e-3 if method.swept else 1.0, 0,
+                  horizon=max(1, budget.evals // method.evals_per_step))
+        setup = time.perf_counter() - start
+        start = time.perf_counter()
+        (run.train_lbfgs if method.mode == "lbfgs" else run.train)(short)
+        train = (time.perf_counter() - start) * budget.evals / short.evals
+        per_row[label] = per_row.get(label, 0.0) + (setup + train) * len(group)
+        per_method.append({"row": label, "method": method.name, "runs": len(group),
+                           "seconds_per_run": setup + train})
+    for label, seconds in per_row.items():
+        runs = sum(t[0] == label for t in tasks)
+        print(f"{label:26s} {runs:6d} runs  {seconds / 60 / workers:7.1f} min", file=sys.stderr)
+    total = sum(per_row.values()) / 60 / workers
+    out = ROOT / "benchmarks" / "results" / f"estimate-{len(tasks)}-runs.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"workers": workers, "total_minutes": total, "rows": per_method,
+                               "load_average": os.getloadavg()}, indent=1))
+    print(f"{'total':26s} {len(tasks):6d} runs  {total:7.1f} min with {workers} worker(s)",
+          file=sys.stderr)
+    return total
 
 
 def _collect_runs(tasks: list[Task], reuse: Path | None, workers: int) -> list[dict[str, Any]]:
@@ -282,6 +461,11 @@ def _collect_runs(tasks: list[Task], reuse: Path | None, workers: int) -> list[d
     return runs + _run_tasks(todo, workers)
 
 
+def _kind_of(methods: list[Method], name: str) -> str | None:
+    """The kind of the method called ``name`` (``None`` if there is none)."""
+    return next((m.kind for m in methods if m.name == name), None)
+
+
 def _plots(runs: list[dict[str, Any]], summaries: list[Any], methods: list[Method],
            budgets: dict[str, int], img_dir: Path) -> dict[str, Path]:
     images: dict[str, Path] = {}
@@ -290,16 +474,19 @@ def _plots(runs: list[dict[str, Any]], summaries: list[Any], methods: list[Metho
         images[name] = img_dir / f"bench_{name}.png"
         report.plot_sweeps(summaries, method_index, name, f"{name}: {evals} gradient evaluations",
                            images[name])
-    if "digits_mlp" in budgets:
+    traced = [(name + suffix, inners) for name, inners in TRACES for suffix in ("", LONG_SUFFIX)]
+    for label, trace_inners in traced:
+        if label not in budgets:
+            continue
         tuned_x = {s.method: s.best_x for s in summaries
-                   if s.problem == "digits_mlp" and s.method in INNER}
+                   if s.problem == label and _kind_of(methods, s.method) == "fixed"}
         for mode in ("closure", "free"):
-            inners = [inner for inner in ("SGD", "Adam", "AdamW") if any(
+            inners = [inner for inner in trace_inners if any(
                 m.kind == "newt" and m.newt_mode == mode and m.inner == inner for m in methods)]
             if inners:
-                path = img_dir / f"bench_digits_mlp_traces_{mode}.png"
-                images[f"traces:digits MLP, newt[{mode}]"] = path
-                report.plot_lr_traces(runs, "digits_mlp", mode, TRACE_XS, tuned_x, path,
+                path = img_dir / f"bench_{label}_traces_{mode}.png"
+                images[f"traces:{label}, newt[{mode}]"] = path
+                report.plot_lr_traces(runs, label, mode, TRACE_XS, tuned_x, path,
                                       inners=inners)
     return images
 
@@ -311,18 +498,34 @@ def main(argv: list[str] | None = None) -> None:
     budgets = {name: max(2, round(evals * args.budget_scale))
                for name, evals in config.budgets.items()}
     if args.problems:
+        unknown = sorted(set(args.problems.split(",")) - set(PROBLEMS))
+        if unknown:
+            raise SystemExit(f"--problems: unknown {unknown}; choose from {sorted(PROBLEMS)}")
         budgets = {name: budgets.get(name, round(FULL.budgets[name] * args.budget_scale))
                    for name in args.problems.split(",")}
+    budget_sets = tuple(args.budgets.split(",")) if args.budgets else config.budget_sets
+    budgets = expand_budgets(budgets, budget_sets)
     seeds = args.seeds or config.seeds
-    methods, notes = _select_methods(args)
+    seeds_of = {label: args.long_seeds if label.endswith(LONG_SUFFIX) and args.long_seeds
+                else seeds for label in budgets}
+    methods, notes = _select_methods(args, config)
+    equal_steps = config.equal_steps if args.equal_steps is None else args.equal_steps
+    equal_steps_of = {label: args.long_equal_steps if label.endswith(LONG_SUFFIX)
+                      and args.long_equal_steps is not None else equal_steps
+                      for label in budgets}
+    if args.estimate:
+        torch.set_num_threads(1)
+        estimate(budgets, methods, seeds_of, args.workers, equal_steps_of,
+                 args.estimate_fraction)
+        return
     results_dir = ROOT / "benchmarks" / "results"
     out_dir = args.out or (results_dir if selection else ROOT / "docs")
     page = out_dir / ("benchmarks.md" if out_dir == ROOT / "docs" else f"report-{config.name}.md")
     torch.set_num_threads(1)
 
     start = time.perf_counter()
-    equal_steps = config.equal_steps if args.equal_steps is None else args.equal_steps
-    runs, summaries = sweep(budgets, methods, seeds, args.workers, equal_steps, args.reuse)
+    runs, summaries = sweep(budgets, methods, seeds_of, args.workers, equal_steps_of,
+                            args.reuse)
     cost_rows: list[dict[str, Any]] = []
     if not args.no_cost:
         cost_problems = [p for p in config.cost_problems if p in budgets] or list(budgets)[:1]
@@ -350,7 +553,7 @@ def main(argv: list[str] | None = None) -> None:
         "grid": GRID,
         "config": config.name,
         "budgets": budgets,
-        "seeds": seeds,
+        "seeds": seeds_of,
         "newt_options": args.newt_options,
         "newt_variants": args.newt_variants,
         "notes": [*config.notes, COMMON_NOTE, *notes, FULL_TIME_NOTE],
@@ -364,7 +567,8 @@ def main(argv: list[str] | None = None) -> None:
     shutil.copyfile(raw, results_dir / f"{tag}-latest.json")
 
     images = _plots(runs, summaries, methods, budgets, out_dir / "img")
-    problem_info = {name: _describe(name, evals, seeds) for name, evals in budgets.items()}
+    problem_info = {name: _describe(name, evals, seeds_of[name])
+                    for name, evals in budgets.items()}
     report.write_markdown(page, meta, summaries, problem_info, cost_rows, images)
     print(f"wrote {page}, {len(images)} plots in {out_dir / 'img'}, raw runs in {raw} "
           f"({wall:.1f} min)", file=sys.stderr)

@@ -21,7 +21,10 @@ Stochastic (mini-batch, float32, batch 128, `drop_last`):
 
 - `quadratic_deep`: DeepOBS's noisy quadratic ($d = 100$);
 - `digits_logreg`, `digits_mlp` (64-128-128-10 tanh), `digits_cnn`:
-  scikit-learn's 8×8 digits, $X/16$, 80/20 stratified split.
+  scikit-learn's 8×8 digits, $X/16$, 80/20 stratified split;
+- `byte_lm`: a 2-layer byte-level transformer language model (width 64,
+  context 64, batch 32) on the source of 19 Python standard-library modules,
+  judged on the loss of a held-out tenth.
 
 scikit-learn is imported only when a digits or breast-cancer problem is
 built, so `import newt` never needs it.
@@ -37,10 +40,14 @@ Examples:
 from __future__ import annotations
 
 import functools
+import hashlib
 import itertools
 import math
+import sysconfig
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -48,12 +55,15 @@ import torch
 from torch import Tensor, nn
 
 __all__ = [
+    "LM_FILES",
     "PROBLEMS",
     "Problem",
+    "byte_lm",
     "deterministic_problems",
     "digits_cnn",
     "digits_mlp",
     "get_problem",
+    "lm_corpus",
     "quadratic_deep",
     "rotated_quadratic",
     "stochastic_problems",
@@ -81,6 +91,12 @@ class Problem:
         stochastic: whether batches differ from step to step.
         steps_per_epoch: batches per pass over the training set (1 for full batch).
         dtype: the parameters' dtype.
+        objective: what a benchmark judges: `"train"`, the training
+            suboptimality (`suboptimality`), or `"test"`, the held-out loss
+            (`test_loss`).
+        excess: compare with a baseline by the difference of the objective
+            (nats, for losses of order one with unknown optimum) instead of
+            the ratio.
     """
 
     name: str
@@ -94,6 +110,16 @@ class Problem:
     stochastic: bool = False
     steps_per_epoch: int = 1
     dtype: torch.dtype = torch.float32
+    objective: str = "train"
+    excess: bool = False
+
+    def objective_value(self, model: nn.Module) -> float:
+        """The value a benchmark judges: `suboptimality`, or `test_loss` if `objective="test"`."""
+        if self.objective == "test":
+            if self.test_loss is None:
+                raise ValueError(f"{self.name}: objective='test' needs a test_loss")
+            return self.test_loss(model)
+        return self.suboptimality(model)
 
     def suboptimality(self, model: nn.Module) -> float:
         """`train_loss(model)` $- f^*$ when $f^*$ is known, else the training loss itself."""
@@ -507,6 +533,133 @@ def digits_cnn(batch_size: int | None = 128, test_size: float | None = 0.2) -> P
     return _classification("digits_cnn", build, batch_size, test_size, image=True)
 
 
+# ---------------------------------------------------------------- byte-level language model
+LM_FILES = (
+    "abc.py", "bisect.py", "calendar.py", "colorsys.py", "difflib.py", "fnmatch.py",
+    "fractions.py", "functools.py", "glob.py", "heapq.py", "numbers.py", "pprint.py",
+    "queue.py", "random.py", "sched.py", "shlex.py", "statistics.py", "string.py",
+    "textwrap.py",
+)
+"""The standard-library modules whose source (UTF-8 bytes, in this order) is `byte_lm`'s text."""
+
+LM_SHA256 = "2da6d1f6279d6a89a7e09951f669a02a89c89336eb3fba74dda3ee084a87d568"
+"""SHA-256 of the corpus on CPython 3.11.7; `lm_corpus` warns when the text differs."""
+
+_LM_BLOCK = 4096  # bytes; every tenth block is held out
+
+
+@functools.lru_cache(maxsize=1)
+def lm_corpus() -> tuple[Tensor, Tensor, str]:
+    """The text of `byte_lm`: training bytes, held-out bytes (uint8) and the corpus SHA-256.
+
+    The modules of `LM_FILES` are read from the running Python's standard
+    library and concatenated; the text is cut in blocks of 4096 bytes and
+    every tenth block (blocks 9, 19, …) is held out. A corpus whose hash is not
+    `LM_SHA256` (another Python minor or patch release) gives a warning:
+    results on it are not comparable with the published ones.
+    """
+    stdlib = Path(sysconfig.get_paths()["stdlib"])
+    text = b"".join((stdlib / name).read_bytes() for name in LM_FILES)
+    digest = hashlib.sha256(text).hexdigest()
+    if digest != LM_SHA256:
+        warnings.warn(f"byte_lm: the corpus from {stdlib} has SHA-256 {digest[:12]}…, not the "
+                      f"published {LM_SHA256[:12]}… (another Python release): results are not "
+                      "comparable with the published ones", stacklevel=2)
+    data = torch.frombuffer(bytearray(text), dtype=torch.uint8)
+    blocks = torch.arange(len(data)) // _LM_BLOCK
+    held_out = blocks % 10 == 9
+    return data[~held_out].clone(), data[held_out].clone(), digest
+
+
+class ByteTransformer(nn.Module):
+    """A pre-norm causal transformer over bytes: embedding + learned positions, `layers`
+    blocks of causal self-attention and a GELU MLP (4× width), final LayerNorm, linear head."""
+
+    def __init__(self, width: int = 64, layers: int = 2, heads: int = 4,
+                 context: int = 64) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(256, width)
+        self.position = nn.Parameter(torch.zeros(context, width))
+        nn.init.normal_(self.embed.weight, std=0.02)
+        nn.init.normal_(self.position, std=0.02)
+        block = nn.TransformerEncoderLayer(width, heads, 4 * width, dropout=0.0,
+                                           activation="gelu", batch_first=True, norm_first=True)
+        self.blocks = nn.TransformerEncoder(block, layers, enable_nested_tensor=False)
+        self.norm = nn.LayerNorm(width)
+        self.head = nn.Linear(width, 256)
+        self.register_buffer("mask", nn.Transformer.generate_square_subsequent_mask(context),
+                             persistent=False)
+
+    def forward(self, tokens: Tensor) -> Tensor:
+        """Logits (batch, time, 256) of the next byte at every position of `tokens`."""
+        length = tokens.shape[1]
+        hidden = self.embed(tokens) + self.position[:length]
+        hidden = self.blocks(hidden, mask=self.mask[:length, :length], is_causal=True)
+        return self.head(self.norm(hidden))
+
+
+def _windows(data: Tensor, starts: Tensor, length: int) -> Tensor:
+    return data[starts[:, None] + torch.arange(length + 1)].long()
+
+
+def byte_lm(width: int = 64, layers: int = 2, context: int = 64, batch_size: int = 32,
+            eval_windows: int = 128) -> Problem:
+    r"""Next-byte prediction with a small transformer on Python standard-library source.
+
+    The loss is the mean cross-entropy (nats per byte) of the next byte over
+    all `context` positions of a window. Training batches are `batch_size`
+    windows at uniformly random offsets into the training text (`seed`
+    drives them); one epoch is `len(train) // (batch_size · context)` steps.
+    `train_loss` is the loss on `eval_windows` fixed, evenly spaced training
+    windows; `test_loss`, the judged objective, on `eval_windows` evenly spaced
+    windows of the held-out tenth (`lm_corpus`). The optimum is unknown and
+    the losses are of order one, so benchmarks report the excess over the
+    tuned baseline in nats (`excess=True`).
+
+    Args:
+        width: the model width (4 heads, MLP 4× width).
+        layers: transformer blocks.
+        context: window length in bytes.
+        batch_size: windows per batch.
+        eval_windows: windows in each of the two evaluation sets.
+    """
+    train, held_out, _ = lm_corpus()
+
+    def spaced(data: Tensor) -> Tensor:
+        starts = torch.linspace(0, len(data) - context - 1, eval_windows).long()
+        return _windows(data, starts, context)
+
+    train_eval, test_eval = spaced(train), spaced(held_out)
+
+    def loss(model: nn.Module, batch: Batch) -> Tensor:
+        (windows,) = batch
+        logits = model(windows[:, :-1])
+        return nn.functional.cross_entropy(logits.reshape(-1, 256), windows[:, 1:].reshape(-1))
+
+    def batches(seed: int) -> Iterator[Batch]:
+        generator = torch.Generator().manual_seed(seed)
+        while True:
+            starts = torch.randint(0, len(train) - context - 1, (batch_size,),
+                                   generator=generator)
+            yield (_windows(train, starts, context),)
+
+    def build() -> nn.Module:
+        return ByteTransformer(width, layers, context=context)
+
+    return Problem(
+        name="byte_lm",
+        init=functools.partial(_seeded, build),
+        loss=loss,
+        batches=batches,
+        train_loss=_no_grad_float(lambda model: loss(model, (train_eval,))),
+        test_loss=_no_grad_float(lambda model: loss(model, (test_eval,))),
+        stochastic=True,
+        steps_per_epoch=len(train) // (batch_size * context),
+        objective="test",
+        excess=True,
+    )
+
+
 # ---------------------------------------------------------------- registry
 PROBLEMS: dict[str, Callable[[], Problem]] = {
     "rosenbrock": functools.partial(test_function, "rosenbrock"),
@@ -521,6 +674,7 @@ PROBLEMS: dict[str, Callable[[], Problem]] = {
     "digits_logreg": functools.partial(digits_mlp, (), zero_init=True, name="digits_logreg"),
     "digits_mlp": functools.partial(digits_mlp, (128, 128), "tanh", name="digits_mlp"),
     "digits_cnn": digits_cnn,
+    "byte_lm": byte_lm,
 }
 """Every named problem: `PROBLEMS[name]()` builds it (`get_problem` caches it)."""
 
@@ -533,7 +687,7 @@ def get_problem(name: str) -> Problem:
     return PROBLEMS[name]()
 
 
-_STOCHASTIC = ("quadratic_deep", "digits_logreg", "digits_mlp", "digits_cnn")
+_STOCHASTIC = ("quadratic_deep", "digits_logreg", "digits_mlp", "digits_cnn", "byte_lm")
 
 
 def deterministic_problems() -> list[str]:
