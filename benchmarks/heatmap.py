@@ -146,7 +146,7 @@ def plot_heatmap(summaries: Sequence[Summary], methods: Sequence[str], problems:
                       color="white" if abs(logs[i, j]) > 0.6 * LOG_RANGE else "black")
     bar = fig.colorbar(image_r, ax=ax_r, location="top", shrink=0.6, pad=0.01, aspect=40,
                        ticks=np.arange(-LOG_RANGE, LOG_RANGE + 1))
-    bar.set_label("median ratio to the tuned fixed lr (blue: better, red: worse)", fontsize=8)
+    bar.set_label("median ratio to the tuned baseline (blue: better, red: worse)", fontsize=8)
     if excess.any():
         # Below the rotated problem names (up to ~20 characters at 40°).
         ax_r.annotate(f"(nats): median excess over the tuned baseline in nats, coloured with "
