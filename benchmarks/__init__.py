@@ -23,6 +23,6 @@ Modules:
 :mod:`benchmarks.overhead` measures newt's per-step time and peak memory on
 larger models in detail (``docs/performance.md``).
 
-The protocol is ``/work/shared/guide/BENCHMARKS.md``; the results are in
+The protocol is ``docs/benchmark-protocol.md``; the results are in
 ``docs/benchmarks.md``.
 """

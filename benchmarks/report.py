@@ -16,6 +16,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
 from benchmarks.analysis import FLOOR, GOOD_EXCESS, GOOD_RATIO, Summary
+from benchmarks.heatmap import plot_heatmap
 from benchmarks.methods import INNER
 
 __all__ = ["plot_lr_traces", "plot_sweeps", "write_markdown"]
@@ -218,6 +219,10 @@ def write_markdown(path: Path, meta: dict[str, Any], summaries: list[Summary],
     """Write the results page (``docs/benchmarks.md``)."""
     problems = list(problem_info)
     rel = {key: os.path.relpath(p, path.parent) for key, p in images.items()}
+    protocol = os.path.relpath(Path(__file__).parent.parent / "docs" / "benchmark-protocol.md",
+                               path.parent)
+    heatmap = plot_heatmap(summaries, meta["methods"], problems, path.parent / "img"
+                           / "bench_summary.png")
     out = [
         "# Benchmarks",
         "",
@@ -230,7 +235,7 @@ def write_markdown(path: Path, meta: dict[str, Any], summaries: list[Summary],
     out += [f"> {note}" for note in meta["notes"]]
     out += [
         "",
-        "Protocol: `/work/shared/guide/BENCHMARKS.md`. Every method runs on the same problems "
+        f"Protocol: [the benchmark protocol]({protocol}). Every method runs on the same problems "
         f"with the same budget of **gradient evaluations** (closure calls), from initial "
         f"learning rates {', '.join(_x(x) for x in meta['grid'])} (Prodigy/D-Adapt: `d0`, DoG: "
         "`reps_rel`); a method that evaluates twice per step gets half the steps. "
@@ -269,6 +274,8 @@ def write_markdown(path: Path, meta: dict[str, Any], summaries: list[Summary],
         "Each cell: robust width / sweep size · median ratio to the tuned baseline "
         "(at equal gradient evaluations; on `byte_lm` the median excess in nats).",
         "",
+        *([f"![width and median ratio, method × problem]"
+           f"({os.path.relpath(heatmap, path.parent)})", ""] if heatmap else []),
         *_summary_matrix(summaries, meta["methods"], problems),
         "",
     ]

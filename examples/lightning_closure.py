@@ -7,10 +7,12 @@ lets the inner optimizer step, and evaluates it again at θ_{t+1} on the same
 batch to learn α (two forward/backward passes per step). Return the
 ``NewtOptimizer`` from ``configure_optimizers``; nothing else changes.
 
-    pip install lightning
+    pip install "lightning>=2.2"   # keeps the installed torch; or newt's "lightning" extra
     python examples/lightning_closure.py --out lightning_closure.png
 
-Without Lightning installed, the script says so and exits with status 0.
+Without Lightning installed, the script prints ``skipped: ...`` with the
+install command on stderr and exits with status 2 (the convention of every
+example whose prerequisite is missing: nothing ran, nothing was written).
 """
 
 from __future__ import annotations
@@ -29,9 +31,9 @@ def main() -> None:
     try:
         import lightning as L
     except ImportError:
-        print("This example needs PyTorch Lightning: pip install lightning (or 'newt[lightning]'). "
-              "Skipping.")
-        sys.exit(0)
+        print("skipped: this example needs PyTorch Lightning: pip install 'lightning>=2.2' "
+              "(it keeps the installed torch; or newt's 'lightning' extra)", file=sys.stderr)
+        sys.exit(2)
 
     import matplotlib
 

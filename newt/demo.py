@@ -14,8 +14,11 @@ at an equal number of gradient evaluations (forward + backward passes):
 - the inner optimizer at the best fixed learning rate of a small grid,
   tuned here on the final training loss (each grid point costs a full run).
 
-Prints a table, and writes a figure of the training loss and of α against
-gradient evaluations. Run ``newt-demo --help`` or ``python -m newt.demo --help``.
+Prints a table, a sentence on what its rows show, and writes a figure of the
+training loss and of α against gradient evaluations to ``--out DIR``
+(default ``./newt-demo/``, ignored by git in a checkout). Off a terminal (output
+piped or redirected) a plain progress line per run goes to stderr in place of
+the progress bar. Run ``newt-demo --help`` or ``python -m newt.demo --help``.
 Needs the ``demo`` extra: ``pip install "newt[demo]"``.
 """
 
@@ -27,11 +30,14 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
 
-__all__ = ["Run", "main", "train"]
+__all__ = ["FIGURE", "Run", "explain", "main", "train"]
+
+FIGURE = "newt-demo.png"  # the figure's name inside --out DIR
 
 INNER = {"adam": torch.optim.Adam, "sgd": torch.optim.SGD}
 BAD_LR = {"adam": 1e-5, "sgd": 1e-4}
@@ -137,16 +143,31 @@ def train(problem: Any, inner: str, lr: float, mode: str, budget: int, seed: int
 
 
 class _Progress:
-    """A tqdm bar over all runs' gradient evaluations (silent when not on a terminal)."""
+    """A tqdm bar over all runs' gradient evaluations on a terminal; off one, a line per run.
 
-    def __init__(self, total: int, enabled: bool | None) -> None:
+    ``enabled``: ``True`` always shows the bar, ``False`` shows nothing, ``None``
+    (the default) shows the bar when stderr is a terminal and otherwise prints
+    ``newt-demo: run i/n: label`` to stderr as each run starts, so that a
+    piped or redirected demo is not silent.
+    """
+
+    def __init__(self, total: int, runs: int, enabled: bool | None) -> None:
         from tqdm.auto import tqdm
 
+        terminal = sys.stderr.isatty()
+        self.lines = enabled is None and not terminal
+        self.runs, self.started = runs, 0
+        self.clock = time.perf_counter()
         self.bar = tqdm(total=total, unit="eval", desc="newt-demo", disable=enabled is False
-                        or (enabled is None and not sys.stderr.isatty()), leave=False)
+                        or (enabled is None and not terminal), leave=False)
 
     def start(self, label: str) -> None:
+        self.started += 1
         self.bar.set_postfix_str(label, refresh=False)
+        if self.lines:
+            print(f"newt-demo: run {self.started}/{self.runs}: {label} "
+                  f"({time.perf_counter() - self.clock:.0f} s so far)", file=sys.stderr,
+                  flush=True)
 
     def __call__(self, evaluations: int) -> None:
         self.bar.update(evaluations)
@@ -164,6 +185,30 @@ def _format_table(rows: Sequence[tuple[Run, str]]) -> str:
         lines.append(f"{label:<44} {MODES[run.mode]:>10d} {evals:>6d} {run.train_loss:>11.4g} "
                      f"{100 * run.test_accuracy:>8.1f}% {run.final_lr:>9.2e}")
     return "\n".join(lines)
+
+
+def explain(rows: Sequence[tuple[Run, str]], grid_runs: int, lr_min: float) -> str:
+    """What the table's rows show, in words that stay true whatever the numbers are.
+
+    One sentence on the rows; then, for each newt row whose final α sits at
+    the lower clamp ``lr_min``, one on what that means (computed from the run,
+    not written in advance).
+    """
+    text = ("Each row is one training run at the same budget of gradient evaluations: the newt "
+            "rows and the seed's rule start from the bad learning rate and 'final lr' is the α "
+            "they ended with (learned, not set), the fixed rows keep the lr they were given, "
+            f"and the best-of-grid row is the best of {grid_runs} fixed-lr runs, a cost the "
+            "other rows do not pay.")
+    for run, label in rows:
+        if run.mode != "fixed" and run.lrs and run.final_lr <= 1.5 * lr_min:
+            peak = max(run.lrs)
+            at = run.lr_evaluations[run.lrs.index(peak)]
+            text += (f"\n{label}: α rose to {peak:.2e} (at evaluation {at}) and ended at "
+                     f"{run.final_lr:.2e}, at its floor lr_min = {lr_min:g}: after the peak "
+                     "its Newton steps kept shrinking α, so the run stopped moving and its loss "
+                     "is what it had reached by then (the FAQ's 'Why does α keep shrinking in "
+                     "the closure-free mode?').")
+    return text
 
 
 def _plot(rows: Sequence[tuple[Run, str]], path: str, title: str) -> None:
@@ -191,6 +236,13 @@ def _plot(rows: Sequence[tuple[Run, str]], path: str, title: str) -> None:
     plt.close(fig)
 
 
+def _lr_min() -> float:
+    """The lower clamp on α of ``NewtOptimizer``'s default preset."""
+    from newt.presets import PRESETS
+
+    return float(PRESETS["default"]["lr_min"])
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="newt-demo",
@@ -202,8 +254,9 @@ def _parser() -> argparse.ArgumentParser:
                         help="gradient evaluations per run (default: %(default)s); a fixed-lr or "
                              "closure-free newt run takes this many steps, a run with two "
                              "evaluations per step half as many")
-    parser.add_argument("--out", default="newt-demo.png",
-                        help="where to write the figure (PNG; default: %(default)s)")
+    parser.add_argument("--out", type=Path, default=Path("newt-demo"),
+                        help=f"folder for the figure ({FIGURE}); created if missing "
+                             "(default: ./newt-demo/, which git ignores in a checkout of newt)")
     parser.add_argument("--seed", type=int, default=0,
                         help="seed of the initial weights and of the batch order (default: 0)")
     parser.add_argument("--quick", action="store_true",
@@ -248,7 +301,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     threads = torch.get_num_threads()
     torch.set_num_threads(max(1, args.threads))
     started = time.perf_counter()
-    progress = _Progress(budget * (len(grid) + 4), args.progress)
+    progress = _Progress(budget * (len(grid) + 4), len(grid) + 4, args.progress)
     try:
         def run(lr: float, mode: str, label: str) -> Run:
             progress.start(label)
@@ -257,13 +310,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         tuned = [run(lr, "fixed", f"{name} fixed lr={lr:g}") for lr in grid]
         best_lr, best = min(zip(grid, tuned, strict=True), key=lambda pair: pair[1].train_loss
                             if math.isfinite(pair[1].train_loss) else math.inf)
-        rows = [
-            (run(bad, "newt", ""), f"newt({name}) closure-free, from lr={bad:g}"),
-            (run(bad, "newt-closure", ""), f"newt({name}) with closure, from lr={bad:g}"),
-            (run(bad, "seed", ""), f"seed's rule (newt.Newt), from lr={bad:g}"),
-            (run(bad, "fixed", ""), f"{name} fixed at the bad lr={bad:g}"),
-            (best, f"{name} fixed lr={best_lr:g} (best of grid)"),
-        ]
+        labels = {"newt": f"newt({name}) closure-free, from lr={bad:g}",
+                  "newt-closure": f"newt({name}) with closure, from lr={bad:g}",
+                  "seed": f"seed's rule (newt.Newt), from lr={bad:g}",
+                  "fixed": f"{name} fixed at the bad lr={bad:g}"}
+        rows = [(run(bad, mode, label), label) for mode, label in labels.items()]
+        rows.append((best, f"{name} fixed lr={best_lr:g} (best of grid)"))
     finally:
         progress.close()
         torch.set_num_threads(threads)
@@ -272,12 +324,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"digits, MLP 64-64-10 (tanh), batches of 64; {budget} gradient evaluations per run "
           f"(one evaluation = forward + backward on one batch)")
     print(_format_table(rows))
+    print(explain(rows, len(grid), _lr_min()))
     print("grid of fixed learning rates (final training loss): " + ", ".join(
         f"{lr:g}: {r.train_loss:.3g}" for lr, r in zip(grid, tuned, strict=True))
         + f"  [tuning cost {len(grid)} runs, {len(grid) * budget} evaluations]")
-    _plot(rows, args.out, f"digits MLP, {name} from lr={bad:g}: newt vs fixed learning rates "
+    args.out.mkdir(parents=True, exist_ok=True)
+    figure = args.out / FIGURE
+    _plot(rows, str(figure), f"digits MLP, {name} from lr={bad:g}: newt vs fixed learning rates "
                           f"({budget} gradient evaluations per run)")
-    print(f"figure: {args.out}   ({elapsed:.1f} s)")
+    print(f"figure: {figure}   ({elapsed:.1f} s)")
     return 0
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -18,15 +19,62 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
 def test_quick_demo_prints_the_comparison_table_and_writes_the_figure(tmp_path, capsys):
-    out = tmp_path / "demo.png"
+    out = tmp_path / "new" / "folder"
     assert demo.main(["--quick", "--out", str(out), "--no-progress"]) == 0
-    text = capsys.readouterr().out
+    captured = capsys.readouterr()
+    text = captured.out
     for row in ("newt(Adam) closure-free", "newt(Adam) with closure", "seed's rule (newt.Newt)",
                 "fixed at the bad lr=1e-05", "(best of grid)"):
         assert row in text
     assert "evals/step" in text and "test acc" in text
-    assert out.read_bytes()[:8] == PNG_MAGIC
-    assert out.stat().st_size > 20_000
+    # The sentence after the table says what the rows are.
+    table_end = text.index("(best of grid)")
+    assert text.index("Each row is one training run", table_end) > table_end
+    assert "best of 3 fixed-lr runs" in text  # --quick: three grid points
+    figure = out / demo.FIGURE
+    assert f"figure: {figure}" in text
+    assert figure.read_bytes()[:8] == PNG_MAGIC
+    assert figure.stat().st_size > 20_000
+    assert captured.err == ""  # --no-progress: nothing on stderr
+
+
+def test_default_out_is_a_newt_demo_folder_that_git_ignores(tmp_path, monkeypatch):
+    assert demo._parser().parse_args([]).out == Path("newt-demo")
+    root = Path(__file__).resolve().parents[1]
+    ignored = subprocess.run(["git", "check-ignore", "-q", "newt-demo/newt-demo.png"], cwd=root,
+                             capture_output=True, check=False)
+    if ignored.returncode == 128:
+        pytest.skip("not a git checkout")
+    assert ignored.returncode == 0, "newt-demo/ is not in .gitignore"
+
+
+def test_off_a_terminal_each_run_prints_a_progress_line(tmp_path, capsys):
+    # pytest's captured stderr is not a terminal, as when the output is piped.
+    assert demo.main(["--quick", "--out", str(tmp_path)]) == 0
+    lines = [line for line in capsys.readouterr().err.splitlines()
+             if line.startswith("newt-demo: run ")]
+    assert len(lines) == 7  # three grid points, then newt, newt with closure, seed, fixed
+    assert lines[0].startswith("newt-demo: run 1/7: Adam fixed lr=")
+    assert lines[-1].startswith("newt-demo: run 7/7: Adam fixed at the bad lr=1e-05")
+
+
+def _run(mode: str, lrs: list[float]) -> demo.Run:
+    return demo.Run(label=mode, mode=mode, lr_evaluations=list(range(1, len(lrs) + 1)),
+                    lrs=lrs)
+
+
+def test_explain_names_an_alpha_that_ended_at_its_floor_and_only_that():
+    rows = [(_run("newt", [1e-3, 2e-2, 1e-5, 1e-8]), "newt row"),
+            (_run("newt-closure", [1e-3, 2e-3]), "closure row"),
+            (_run("fixed", [1e-8, 1e-8]), "fixed row")]  # a fixed lr is not a collapse
+    text = demo.explain(rows, grid_runs=6, lr_min=1e-8)
+    assert text.startswith("Each row is one training run")
+    assert "best of 6 fixed-lr runs" in text
+    floor = [line for line in text.splitlines() if "floor" in line]
+    assert len(floor) == 1
+    assert floor[0].startswith("newt row: α rose to 2.00e-02 (at evaluation 2) and ended at "
+                               "1.00e-08, at its floor lr_min = 1e-08")
+    assert "floor" not in demo.explain(rows[1:], grid_runs=6, lr_min=1e-8)
 
 
 @pytest.mark.parametrize("mode", sorted(demo.MODES))

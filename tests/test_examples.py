@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
-import importlib.util
+import gzip
+import importlib
 import inspect
 import os
 import socket
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
 
 import newt
 
@@ -19,6 +21,11 @@ ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 OFFLINE = ["digits_inner_optimizers.py", "breast_cancer_lbfgs_style.py", "per_group_lr.py"]
+# Examples that need a training framework: script -> (modules, install hint in the skip message).
+FRAMEWORKS = {
+    "lightning_closure.py": (("lightning",), "pip install 'lightning"),
+    "hf_trainer.py": (("transformers", "accelerate"), "pip install 'transformers"),
+}
 ALL = sorted(p.name for p in EXAMPLES.glob("*.py"))
 
 
@@ -32,12 +39,25 @@ def _run(script: str, *args: str, extra_path: Path | None = None,
 
 
 def _needs(*modules: str) -> None:
+    """Skip without ``modules``, except in CI (``CI`` set), where they must be installed."""
     for module in modules:
-        pytest.importorskip(module)
+        if os.environ.get("CI"):
+            importlib.import_module(module)  # an ImportError here fails the test
+        else:
+            pytest.importorskip(module)
+
+
+def _block(tmp_path: Path, *modules: str) -> Path:
+    """A folder that, put first on PYTHONPATH, makes ``import module`` fail."""
+    blocker = tmp_path / "block"
+    blocker.mkdir(exist_ok=True)
+    for module in modules:
+        (blocker / f"{module}.py").write_text("raise ImportError('blocked for this test')\n")
+    return blocker
 
 
 def test_every_example_is_listed():
-    assert set(ALL) == {*OFFLINE, "lightning_closure.py", "mnist_torchvision.py", "ddp.py"}
+    assert set(ALL) == {*OFFLINE, *FRAMEWORKS, "mnist_torchvision.py", "ddp.py"}
 
 
 @pytest.mark.parametrize("script", ALL)
@@ -52,6 +72,8 @@ PRINTS = {
     "digits_inner_optimizers.py": ("newt(SGD)", "newt(Adam)", "newt(AdamW)"),
     "breast_cancer_lbfgs_style.py": ("newt(SGD)", "newt(Adam)", "L-BFGS", "minimum"),
     "per_group_lr.py": ("features: α", "head: α"),
+    # the Trainer's logs carry newt's α and the step taken (the example's callback)
+    "hf_trainer.py": ("newt_alpha", "newt_step_size", "logged learning_rate = the schedule"),
 }
 
 
@@ -67,85 +89,94 @@ def test_offline_example_runs_quick_and_writes_its_figure(script, tmp_path):
     assert out.read_bytes()[:8] == PNG_MAGIC
 
 
-@pytest.mark.skipif(importlib.util.find_spec("lightning") is None,
-                    reason="PyTorch Lightning is not installed")
-def test_lightning_example_runs_quick_and_writes_its_figure(tmp_path):
-    _needs("sklearn", "matplotlib")
+@pytest.mark.parametrize("script", sorted(FRAMEWORKS))
+def test_framework_example_runs_quick_and_writes_its_figure(script, tmp_path):
+    _needs("sklearn", "matplotlib", *FRAMEWORKS[script][0])
     out = tmp_path / "figure.png"
-    result = _run("lightning_closure.py", "--quick", "--out", str(out))
+    result = _run(script, "--quick", "--out", str(out), timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr
+    assert "α" in result.stdout and f"figure: {out}" in result.stdout
+    for text in PRINTS.get(script, ()):
+        assert text in result.stdout
     assert out.read_bytes()[:8] == PNG_MAGIC
 
 
-def test_lightning_example_exits_zero_with_a_message_without_lightning(tmp_path):
-    blocker = tmp_path / "block"
-    blocker.mkdir()
-    (blocker / "lightning.py").write_text("raise ImportError('blocked for this test')\n")
-    result = _run("lightning_closure.py", "--quick", "--out", str(tmp_path / "f.png"),
-                  extra_path=blocker)
-    assert result.returncode == 0, result.stderr
-    assert "pip install lightning" in result.stdout
+# One convention for a missing prerequisite: "skipped: <what and how to get it>" on stderr,
+# exit status 2, nothing written.
+SKIPPED = 2
+
+
+@pytest.mark.parametrize("script", sorted(FRAMEWORKS))
+def test_framework_example_without_its_framework_says_skipped_and_exits_2(script, tmp_path):
+    modules, hint = FRAMEWORKS[script]
+    result = _run(script, "--quick", "--out", str(tmp_path / "f.png"),
+                  extra_path=_block(tmp_path, *modules))
+    assert result.returncode == SKIPPED, result.stdout + result.stderr
+    assert result.stderr.startswith("skipped: ") and hint in result.stderr
     assert not (tmp_path / "f.png").exists()
 
 
-FAKE_TORCHVISION = {
-    "__init__.py": "",
-    "transforms.py": textwrap.dedent("""
-        class Compose:
-            def __init__(self, steps):
-                self.steps = steps
-            def __call__(self, x):
-                for step in self.steps:
-                    x = step(x)
-                return x
-        class ToTensor:
-            def __call__(self, x):
-                return x
-        class Normalize:
-            def __init__(self, mean, std):
-                self.mean, self.std = mean[0], std[0]
-            def __call__(self, x):
-                return (x - self.mean) / self.std
-    """),
-    "datasets.py": textwrap.dedent("""
-        import torch
-        class MNIST(torch.utils.data.Dataset):
-            # 64 random 28x28 images: enough to drive the example's loop offline.
-            def __init__(self, root, train=True, download=False, transform=None):
-                g = torch.Generator().manual_seed(0)
-                self.x = torch.rand(64, 1, 28, 28, generator=g)
-                self.y = torch.randint(0, 10, (64,), generator=g)
-                self.transform = transform
-            def __len__(self):
-                return len(self.y)
-            def __getitem__(self, i):
-                return self.transform(self.x[i]), int(self.y[i])
-    """),
-}
+def _write_idx(path: Path, array: np.ndarray) -> None:
+    """``array`` (uint8) in the MNIST idx format, gzipped: magic 0x08 (ubyte), ndim, dims."""
+    header = bytes([0, 0, 0x08, array.ndim]) + b"".join(
+        int(n).to_bytes(4, "big") for n in array.shape)
+    with gzip.open(path, "wb") as f:
+        f.write(header + array.astype(np.uint8).tobytes())
+
+
+def _fake_mnist(folder: Path, n: int = 160) -> Path:
+    """``n`` generated 28×28 digits-like images (a bright bar whose row is the label)."""
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 10, n)
+    images = rng.integers(0, 40, (n, 28, 28))
+    for image, label in zip(images, labels, strict=True):
+        image[2 + 2 * label: 4 + 2 * label, 4:24] = 255
+    raw = folder / "MNIST" / "raw"  # torchvision's layout
+    raw.mkdir(parents=True)
+    _write_idx(raw / "train-images-idx3-ubyte.gz", images)
+    _write_idx(raw / "train-labels-idx1-ubyte.gz", labels)
+    return folder
 
 
 @pytest.mark.parametrize("api", ["optimizer", "scheduler"])
-def test_mnist_example_loop_runs_on_a_stand_in_torchvision(api, tmp_path):
+def test_mnist_example_runs_quick_on_generated_idx_files_without_torchvision(api, tmp_path):
     _needs("matplotlib")
-    package = tmp_path / "fake" / "torchvision"
-    package.mkdir(parents=True)
-    for name, text in FAKE_TORCHVISION.items():
-        (package / name).write_text(text)
+    data = _fake_mnist(tmp_path / "data")
     out = tmp_path / "mnist.png"
     result = _run("mnist_torchvision.py", "--api", api, "--quick", "--out", str(out),
-                  "--data", str(tmp_path / "data"), extra_path=tmp_path / "fake")
+                  "--data", str(data), extra_path=_block(tmp_path, "torchvision"))
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout.count("α") == 3  # SGD, Adam, AdamW
     assert out.read_bytes()[:8] == PNG_MAGIC
 
 
-def test_mnist_example_explains_a_missing_torchvision(tmp_path):
-    blocker = tmp_path / "block"
-    blocker.mkdir()
-    (blocker / "torchvision.py").write_text("raise ImportError('blocked for this test')\n")
-    result = _run("mnist_torchvision.py", "--out", str(tmp_path / "f.png"), extra_path=blocker)
+def test_mnist_example_without_data_says_where_to_get_it_and_exits_2(tmp_path):
+    result = _run("mnist_torchvision.py", "--data", str(tmp_path / "empty"), "--out",
+                  str(tmp_path / "f.png"))
+    assert result.returncode == SKIPPED, result.stdout + result.stderr
+    assert result.stderr.startswith("skipped: ")
+    assert "train-images-idx3-ubyte" in result.stderr and "--download" in result.stderr
+    assert not (tmp_path / "f.png").exists()
+
+
+def test_mnist_example_download_without_torchvision_pins_the_matching_release(tmp_path):
+    result = _run("mnist_torchvision.py", "--data", str(tmp_path / "d"), "--download",
+                  extra_path=_block(tmp_path, "torchvision"))
+    assert result.returncode == SKIPPED, result.stdout + result.stderr
+    release = torch.__version__.split("+")[0]
+    minor = int(release.split(".")[1])
+    # torch 2.x goes with torchvision 0.(x+15); pinning both keeps the installed (CPU) torch.
+    assert f"'torch=={release}' 'torchvision==0.{minor + 15}.*'" in result.stderr
+
+
+def test_mnist_example_rejects_a_file_that_is_not_idx(tmp_path):
+    raw = tmp_path / "data"
+    raw.mkdir()
+    (raw / "train-images-idx3-ubyte").write_bytes(b"<html>not mnist</html>")
+    _write_idx(raw / "train-labels-idx1-ubyte.gz", np.zeros(3, dtype=np.uint8))
+    result = _run("mnist_torchvision.py", "--data", str(raw), "--out", str(tmp_path / "f.png"))
     assert result.returncode == 1
-    assert "pip install torchvision" in result.stderr
+    assert "is not an MNIST idx file" in result.stderr and "download it again" in result.stderr
 
 
 @pytest.mark.skipif("process_group" not in inspect.signature(newt.NewtOptimizer).parameters,

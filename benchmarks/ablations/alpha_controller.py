@@ -226,7 +226,7 @@ class Asym(Controller):
         s = dict(state)
         if not obs.finite:
             s["alpha"] = max(s["alpha"] * 0.1, self.lr_min)
-        elif obs.slope is not None:
+        elif obs.slope is not None and s["step"] > 0:
             step = s["step"]
             B = obs.slope
             C = s["Cs"] if s["closure"] else s["A"] - B
@@ -369,10 +369,13 @@ class Gate(Controller):
     streak: float = math.inf  # closure: the streak-th consecutive undo scales α by streak_factor
     streak_factor: float = 0.5
     streak_cap: bool = False  # the streak also sets the ratchet's cap
+    peak: float = 1.0  # the inner step uses peak·α·s (H7: a schedule's peak above the constant)
+    uncompensated: bool = False  # the Newton target sets α, not α·s (schedule not undone)
     creep: float = 0.0  # > 0: after creep_after phase-2 steps, growth ≤ ×creep per step
     creep_after: float = 50.0
     ratchet: float = 0.0  # > 0: after a gated decrease at α, growth stops at ratchet·α
     floor: float = 0.0  # > 0: α never falls below floor × the largest α of phase 2
+    ratchet_k: float = 0.0  # only a decrease this many s.d. beyond the gate sets the cap
     relax: float = 1.0  # the ceiling grows by this factor per phase-2 step
     brake: float = 0.0  # > 0: shrink when the fast average of A/α exceeds brake × the slow one
     brake_factor: float = 0.5
@@ -394,7 +397,8 @@ class Gate(Controller):
         if not obs.finite:
             s["alpha"] = max(s["alpha"] * 0.1, self.lr_min)
             s["phase"] = 2.0
-        elif obs.slope is not None and math.isfinite(s["A"]) and s["A"] != 0:
+        elif (obs.slope is not None and math.isfinite(s["A"]) and s["A"] != 0
+              and s["step"] > 0):
             step, A, B = s["step"], s["A"], obs.slope
             same = s["closure"] and self.curvature == "auto"
             rho = s["rs"] if same else B / A
@@ -432,6 +436,10 @@ class Gate(Controller):
                 tau = self.tau0 * (1 - self.momentum) ** self.power
                 shifted = bb + tau * aa
                 f = 1 + shifted / (step * cc) if cc > 0 else self.inc
+                if self.uncompensated:
+                    # the target step η·f names α itself (the schedule then scales it):
+                    # factor on α = η f / α = s f
+                    f *= step / s["alpha"]
                 f = _clamp(f, 0.5, self.inc)
                 if f < 1:
                     f = 1.0 if shifted >= -self.k * sd else max(f, self.dec ** (1 / self.gamma))
@@ -443,7 +451,7 @@ class Gate(Controller):
                 if self.ratchet > 0:
                     # a significant decrease marks an overshoot: cap later growth below it
                     ceiling = s.get("ceiling", math.inf) * self.relax
-                    if f < 1:
+                    if f < 1 and shifted < -self.ratchet_k * sd:
                         ceiling = min(ceiling, self.ratchet * s["alpha"])
                     s["ceiling"] = ceiling
                     if f > 1:
@@ -455,8 +463,8 @@ class Gate(Controller):
                     s["peak"] = max(s.get("peak", 0.0), s["alpha"])
                     new = max(new, self.floor * s["peak"])
                 s["alpha"] = new
-        s["step"] = s["alpha"] * obs.schedule
-        return s, s["alpha"]
+        s["step"] = s["alpha"] * self.peak * obs.schedule
+        return s, s["alpha"] * self.peak
 
     def after_step(self, state: State, obs: After) -> tuple[State, bool, float]:
         s = dict(state)
@@ -488,6 +496,10 @@ REC = replace(REC_V2, name="rec", streak=3, streak_cap=True, streak_factor=0.9)
 CONTROLLERS: dict[str, Controller] = {
     "rec": REC,
     "rec_v1": REC_V1,
+    "rec_k5": replace(REC, name="rec_k5", ratchet_k=5.0),
+    "rec_k8": replace(REC, name="rec_k8", ratchet_k=8.0),
+    "rec_u": replace(REC, name="rec_u", uncompensated=True),
+    "rec_u_p2": replace(REC, name="rec_u_p2", uncompensated=True, peak=2.0),
     "rec_v2": REC_V2,
     "rec_c01": replace(REC_V2, name="rec_c01", creep=1.01),
     "rec_c003": replace(REC_V2, name="rec_c003", creep=1.003),
@@ -543,7 +555,7 @@ CONTROLLERS: dict[str, Controller] = {
 }
 
 # β₁ of the inner optimizer, as the core would read it from the param group
-MOMENTUM = {"Adam": 0.9, "SGD": 0.0, "SGDm": 0.9}
+MOMENTUM = {"Adam": 0.9, "SGD": 0.0, "SGDm": 0.9, "AdamW": 0.9}
 
 
 def for_inner(controller: Controller, inner: str) -> Controller:
@@ -558,6 +570,7 @@ INNER: dict[str, Callable[..., torch.optim.Optimizer]] = {
     "Adam": torch.optim.Adam,
     "SGD": torch.optim.SGD,
     "SGDm": functools.partial(torch.optim.SGD, momentum=0.9),  # untuned: β₁ = 0.9 without Adam
+    "AdamW": functools.partial(torch.optim.AdamW, weight_decay=0.01),  # the language model
 }
 
 
@@ -663,7 +676,7 @@ def train(prob_name: str, inner: str, controller: Controller, alpha0: float, *, 
                 for p, sn in zip(params, snaps, strict=True):
                     p.copy_(sn)
         pending = accept
-    final = prob.suboptimality(model)  # loss − f* where f* is known (quadratic_deep)
+    final = prob.objective_value(model)  # train loss − f* (f* known), or byte_lm's test loss
     if not math.isfinite(final):
         final = math.inf
     stats: dict[str, Any] = {"curve": curve} if checkpoints else {}
@@ -678,6 +691,7 @@ LR_GRID = {
     "Adam": tuple(10 ** (k / 4) for k in range(-16, 5)),  # 1e-4 … 10
     "SGD": tuple(10 ** (k / 4) for k in range(-12, 9)),  # 1e-3 … 100
     "SGDm": tuple(10 ** (k / 4) for k in range(-16, 5)),  # 1e-4 … 10
+    "AdamW": tuple(10 ** (k / 2) for k in range(-8, -1)),  # 1e-4 … 1e-1, half decades (slow LM)
 }
 DECADE = tuple(10.0**k for k in range(-6, 1))  # the protocol's grid (benchmarks.run.GRID)
 ALPHA0S = (1e-6, 1e-4, 1e-2, 1.0)
@@ -690,16 +704,24 @@ def _load_cache() -> dict[str, Any]:
     return {}
 
 
+def cosine(u: float) -> float:
+    """Linear warmup over the first 5% of the run, then cosine decay to 0 (BENCHMARKS.md)."""
+    return u / 0.05 if u < 0.05 else 0.5 * (1 + math.cos(math.pi * (u - 0.05) / 0.95))
+
+
 def baseline(prob_name: str, inner: str, evals: int, seed: int,
-             verbose: bool = False) -> dict[str, Any]:
-    """The fixed-lr sweep (cached in ``benchmarks/results/``): losses per lr, best lr and loss."""
-    key = f"{prob_name}|{inner}|{evals}|{seed}"
+             verbose: bool = False, schedule: bool = False) -> dict[str, Any]:
+    """The fixed-lr sweep (cached in ``benchmarks/results/``): losses per lr, best lr and loss.
+
+    ``schedule``: the same grid with warmup + cosine (the "tuned + cosine" baseline).
+    """
+    key = f"{prob_name}|{inner}|{evals}|{seed}" + ("|cosine" if schedule else "")
     cache = _load_cache()
     if key not in cache:
         losses, stats = {}, {}
         for lr in LR_GRID[inner]:
             out = train(prob_name, inner, Fixed(), lr, closure=False, evals=evals, seed=seed,
-                        diagnose=True)
+                        diagnose=not schedule, schedule=cosine if schedule else None)
             losses[f"{lr:.4g}"] = out.loss
             stats[f"{lr:.4g}"] = out.stats
             if verbose:
@@ -738,20 +760,26 @@ class Cell:
 
 
 def evaluate(controller: Controller, prob_name: str, inner: str, closure: bool, evals: int,
-             seeds: Iterable[int] = (0,), alpha0s: Sequence[float] = ALPHA0S) -> Cell:
+             seeds: Iterable[int] = (0,), alpha0s: Sequence[float] = ALPHA0S,
+             schedule: bool = False) -> Cell:
     cell = Cell()
     controller = for_inner(controller, inner)
     for seed in seeds:
-        ref = baseline(prob_name, inner, evals, seed)
+        ref = baseline(prob_name, inner, evals, seed, schedule=schedule)
         done: dict[float, RunOut] = {}
         for a0 in alpha0s:
             first = controller.init(a0, closure)["alpha"]  # start-small rules share runs
             if first not in done:
                 done[first] = train(prob_name, inner, controller, a0, closure=closure,
-                                    evals=evals, seed=seed)
+                                    evals=evals, seed=seed,
+                                    schedule=cosine if schedule else None)
             out = done[first]
-            cell.ratios.append(out.loss / ref["decade_loss"])
-            cell.fine.append(out.loss / ref["best_loss"])
+            if problem(prob_name).excess:  # nats above the reference instead of a ratio
+                cell.ratios.append(out.loss - ref["decade_loss"])
+                cell.fine.append(out.loss - ref["best_loss"])
+            else:
+                cell.ratios.append(out.loss / ref["decade_loss"])
+                cell.fine.append(out.loss / ref["best_loss"])
             cell.final_alpha.append(out.alphas[-1])
             cell.rejects.append(out.rejects)
     return cell
@@ -760,12 +788,14 @@ def evaluate(controller: Controller, prob_name: str, inner: str, closure: bool, 
 def _fmt(x: float) -> str:
     if not math.isfinite(x):
         return "div"
+    if x < 1:
+        return f"{x:+.3f}" if x <= 0 else f"{x:.3g}"
     return f"{x:.3g}" if x < 1e4 else f"{x:.1e}"
 
 
 def table(controllers: Sequence[Controller], prob_name: str, evals: int,
           seeds: Sequence[int] = (0,), inners: Sequence[str] = ("Adam", "SGD"),
-          modes: Sequence[bool] = (False, True)) -> str:
+          modes: Sequence[bool] = (False, True), schedule: bool = False) -> str:
     """A Markdown table: worst / median ratio over α₀ (and seeds), final α range, per cell."""
     heads = [f"{i} {'closure' if m else 'free'}" for i in inners for m in modes]
     lines = [f"problem `{prob_name}`, {evals} evaluations, seeds {list(seeds)}, "
@@ -779,7 +809,7 @@ def table(controllers: Sequence[Controller], prob_name: str, evals: int,
         for inner in inners:
             for mode in modes:
                 t0 = time.time()
-                cell = evaluate(c, prob_name, inner, mode, evals, seeds)
+                cell = evaluate(c, prob_name, inner, mode, evals, seeds, schedule=schedule)
                 row.append(f"{_fmt(cell.worst)} / {_fmt(cell.median)} "
                            f"({_fmt(max(cell.fine))} / {_fmt(statistics.median(cell.fine))}) "
                            f"[{min(cell.final_alpha):.2g}–{max(cell.final_alpha):.2g}]")
@@ -880,6 +910,8 @@ EXPERIMENTS: dict[str, str] = {
     "bar": "controllers on the bar, 1200 evaluations (--controllers)",
     "untuned": "controllers on the untuned problems (--problems), 1200 evaluations",
     "long": "controllers on the bar at 3600 evaluations",
+    "cosine": "controllers × warmup+cosine on the bar against the tuned lr + the same cosine",
+    "lm": "controllers on byte_lm with AdamW, 600 evaluations: excess test loss in nats",
     "feasibility": "best constant α in closure mode (half the steps) against the references",
     "trace": "α and loss along runs of --controllers on --problem/--inner/--modes, α₀ 1e-2",
 }
@@ -921,6 +953,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         print(table(controllers, "bar", args.evals or 1200, seeds, inners, modes))
     elif args.experiment == "long":
         print(table(controllers, "bar", args.evals or 3600, seeds, inners, modes))
+    elif args.experiment == "cosine":
+        print(table(controllers, "bar", args.evals or 1200, seeds, inners, modes, schedule=True))
+    elif args.experiment == "lm":
+        print(table(controllers, "byte_lm", args.evals or 600, seeds, ("AdamW",), modes))
     elif args.experiment == "feasibility":
         print(feasibility_table(args.problem, args.evals or 1200, seeds))
     elif args.experiment == "trace":
