@@ -101,6 +101,10 @@ def main() -> None:
         dist.all_gather_object(digests, digest)
         if rank == 0:
             print(f"ranks agree: {len(set(digests)) == 1}")
+        # Release the DDP/FSDP wrapper (its reducer holds the group) before the group itself,
+        # after every rank got here: a gloo group torn down under a live reducer aborts at exit.
+        del opt, model
+        dist.barrier()
         dist.destroy_process_group()
     if rank == 0:
         import matplotlib
