@@ -396,17 +396,21 @@ def init(device: torch.device) -> RuleState:
                      updates=torch.zeros((), dtype=torch.int64, device=device))
 
 
+def _own_state(state: RuleState | GatedState, options: NewtOptions) -> RuleState | GatedState:
+    """The state of the group's ``controller``; a state of the other one (the option was
+    changed mid-run) is replaced by a fresh one."""
+    if options.controller == "gated":
+        return state if isinstance(state, GatedState) else gated_init(state.slope.device)
+    return state if isinstance(state, RuleState) else init(state.slope.device)
+
+
 def before_step(state: RuleState | GatedState, probe: Probe, alpha: Tensor,
                 options: NewtOptions) -> tuple[RuleState | GatedState, Decision]:
-    """At θ_t: α_t and whether to step, by the group's ``controller`` (`newton_before_step`
-    or `gated_before_step`). A state of the other controller (the option was changed
-    mid-run) is replaced by a fresh one."""
-    if options.controller == "gated":
-        if not isinstance(state, GatedState):
-            state = gated_init(state.slope.device)
+    """At θ_t: α_t and whether to step, by the group's ``controller``
+    (`newton_before_step` or `gated_before_step`)."""
+    state = _own_state(state, options)
+    if isinstance(state, GatedState):
         return gated_before_step(state, probe, alpha, options)
-    if not isinstance(state, RuleState):
-        state = init(state.slope.device)
     return newton_before_step(state, probe, alpha, options)
 
 
@@ -414,12 +418,9 @@ def after_step(state: RuleState | GatedState, outcome: Outcome, alpha: Tensor,
                options: NewtOptions) -> tuple[RuleState | GatedState, Decision]:
     """After the inner step: keep or undo it, by the group's ``controller``
     (`newton_after_step` or `gated_after_step`)."""
-    if options.controller == "gated":
-        if not isinstance(state, GatedState):
-            state = gated_init(state.slope.device)
+    state = _own_state(state, options)
+    if isinstance(state, GatedState):
         return gated_after_step(state, outcome, alpha, options)
-    if not isinstance(state, RuleState):
-        state = init(state.slope.device)
     return newton_after_step(state, outcome, alpha, options)
 
 
