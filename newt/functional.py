@@ -22,10 +22,10 @@ pieces of at most ``CHUNK`` elements (small tensors are packed together,
 large ones sliced), so the temporary stays in cache between its two uses and
 the inner product costs one read of $g$, $s$ and $p$.
 
-Host synchronisation. Nothing here reads a tensor's value on the host except
-`restore_where` and `zero_where` for CPU tensors, where a read is a
-plain memory load (no device to wait for) and lets them skip a whole pass over
-the parameters when there is nothing to undo. On accelerators they are pure
+Host synchronisation. Nothing here reads a tensor's value on the host.
+`restore_where` and `zero_where` take the flag as a Python bool where the
+controller runs on host scalars (the CPU), and skip the pass over the
+parameters when there is nothing to undo; given a tensor flag they are pure
 tensor ops.
 """
 
@@ -120,12 +120,34 @@ def _pieces(grads: list[Tensor], snapshots: list[Tensor], params: list[Tensor],
         yield bucket
 
 
+def _one_piece(kept: list[tuple[Tensor, Tensor, Tensor]], chunk: int) -> bool:
+    """All of g, s, p on one device with one dtype, contiguous, ``chunk`` elements at most."""
+    g0 = kept[0][0]
+    dtype, device, size = g0.dtype, g0.device, 0
+    for trio in kept:
+        for t in trio:
+            if t.dtype != dtype or t.device != device or not t.is_contiguous():
+                return False
+        size += trio[2].numel()
+    return size <= chunk
+
+
 def _multi_tensor_inner_product(grads: Sequence[Tensor | None], snapshots: Sequence[Tensor],
                                 params: Sequence[Tensor], out_dtype: torch.dtype,
                                 device: torch.device, refresh: bool) -> Tensor:
     chunk = CHUNK  # read at call time, so tests can make it small
     kept = [(_real(g), _real(s), _real(p))
             for g, s, p in zip(grads, snapshots, params, strict=True) if g is not None]
+    if kept and len(kept) == len(params) and _one_piece(kept, chunk):
+        # A small group of one device and dtype (the common case): four kernels in all.
+        g, s, p = ([t[i] for t in kept] for i in range(3))
+        products = torch._foreach_sub(s, p)  # d = θ_t − θ_{t+1}
+        if refresh:
+            torch._foreach_copy_(s, p)
+        torch._foreach_mul_(products, g)
+        flat = torch.cat([x.reshape(-1) for x in products]) if len(products) > 1 else \
+            products[0].reshape(-1)
+        return flat.sum(dtype=_accumulation_dtype(flat.dtype)).to(device, out_dtype)
     if refresh and len(kept) < len(params):  # no gradient: only refresh the snapshot
         copy_snapshot([s for g, s in zip(grads, snapshots, strict=True) if g is None],
                       [p for g, p in zip(grads, params, strict=True) if g is None])
@@ -207,32 +229,39 @@ def copy_snapshot(snapshots: Sequence[Tensor], params: Sequence[Tensor], *,
             s.copy_(p)
 
 
-def nothing_to_undo(keep: Tensor) -> bool:
-    """True when ``keep`` is a CPU flag that is set: a CPU read is free (no device to
-    wait for), so the undo can be skipped; a flag on an accelerator is never read."""
-    return keep.device.type == "cpu" and bool(keep)
+def nothing_to_undo(keep: bool | Tensor) -> bool:
+    """True when ``keep`` is the Python bool ``True``; a tensor flag is never read."""
+    return keep is True or (not isinstance(keep, Tensor) and bool(keep))
 
 
-def restore_where(keep: Tensor, params: Sequence[Tensor], snapshots: Sequence[Tensor]) -> None:
+def restore_where(keep: bool | Tensor, params: Sequence[Tensor],
+                  snapshots: Sequence[Tensor]) -> None:
     """``params ← params if keep else snapshots`` elementwise, without a host sync.
 
     ``torch.where`` rather than ``p + d``: the restore is exact and also undoes
-    a step whose parameters went to inf/NaN.
+    a step whose parameters went to inf/NaN. A bool ``keep`` is decided on the host.
     """
     if nothing_to_undo(keep):
+        return
+    if not isinstance(keep, Tensor):
+        copy_snapshot(params, snapshots)  # params ← snapshots
         return
     for p, s in zip(params, snapshots, strict=True):
         torch.where(keep, p, s, out=p)
 
 
-def zero_where(keep: Tensor, tensors: Sequence[Tensor | None]) -> None:
+def zero_where(keep: bool | Tensor, tensors: Sequence[Tensor | None]) -> None:
     """``t ← t if keep else 0``, without a host sync (used on non-finite gradients)."""
     if nothing_to_undo(keep):
         return
+    present = [t for t in tensors if t is not None]
+    if not isinstance(keep, Tensor):
+        for t in present:
+            t.zero_()
+        return
     drop = ~keep
-    for t in tensors:
-        if t is not None:
-            t.masked_fill_(drop, 0)
+    for t in present:
+        t.masked_fill_(drop, 0)
 
 
 def all_finite(tensors: Sequence[Tensor | None]) -> Tensor:

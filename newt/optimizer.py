@@ -41,9 +41,10 @@ from torch.optim import Optimizer
 from newt import distributed as D
 from newt import functional as F
 from newt import lookahead as _lookahead
-from newt import rule
+from newt import rule, scalars
 from newt.options import OPTION_NAMES, NewtOptions
 from newt.rule import Outcome, Probe, Safeguard
+from newt.scalars import Scalar
 from newt.state import FORMAT_VERSION, GroupState, check_shapes
 
 __all__ = ["NewtOptimizer", "NewtStats"]
@@ -92,6 +93,22 @@ def _momentum(group: dict[str, Any]) -> float:
     return 0.0
 
 
+def _value(x: Tensor, host: bool) -> Scalar:
+    """A measured scalar as the controller takes it: a float for a host group (a CPU read)."""
+    return x.item() if host else x
+
+
+def _all(flags: list[Scalar]) -> Tensor:
+    """The AND of per-group flags as one 0-d tensor (no host read)."""
+    tensors = [f for f in flags if isinstance(f, Tensor)]
+    out = tensors[0]
+    for f in tensors[1:]:
+        out = out & f.to(out.device)
+    if not all(flags[i] for i in range(len(flags)) if not isinstance(flags[i], Tensor)):
+        out = torch.zeros_like(out)
+    return out
+
+
 @dataclass
 class _Active:
     """One group as a step sees it: the parameters it moves and what newt keeps of them."""
@@ -119,6 +136,8 @@ class _InProgress:
     active: list[_Active]
     taken: bool
     slopes: list[Tensor] | None
+    take: Any = True
+    """A device flag: false undoes the step (taken on zeroed non-finite gradients)."""
 
 
 class NewtOptimizer(Optimizer):
@@ -249,6 +268,7 @@ class NewtOptimizer(Optimizer):
         self._resolved: dict[int, tuple[dict[str, Any], NewtOptions]] = {}
         self._in_progress: _InProgress | None = None
         self._last_lookahead_loss: Tensor | None = None
+        self._host_scalars: bool | None = None  # None: host scalars for CPU parameters
         # What schedulers read of the optimizer (OneCycleLR looks for momentum/betas).
         super().__init__(inner.param_groups, {**inner.defaults, NEWT_KEY: self._options.as_dict()})
         self.param_groups = inner.param_groups  # one list: a group added to either is in both
@@ -345,7 +365,14 @@ class NewtOptimizer(Optimizer):
         self.__dict__.setdefault("process_group", None)
         self.__dict__.setdefault("_warned_unreduced", False)
         self.__dict__.setdefault("_last_lookahead_loss", None)
+        self.__dict__.setdefault("_host_scalars", None)
         self.param_groups = self.inner.param_groups
+
+    def _host(self, device: torch.device) -> bool:
+        """Run the controller on Python floats for parameters on ``device``: on the CPU a
+        read of a value is a memory load, elsewhere it waits for the device
+        (`newt.scalars`). ``_host_scalars`` overrides it (the tests run both on the CPU)."""
+        return device.type == "cpu" if self._host_scalars is None else self._host_scalars
 
     def _state_of(self, index: int) -> GroupState | None:
         return self._states[index] if index < len(self._states) else None
@@ -360,11 +387,15 @@ class NewtOptimizer(Optimizer):
         # group["lr"]; α lives in newt's state and the inner step uses α · lr / initial_lr.
         return "initial_lr" in group
 
-    def _scale(self, group: dict[str, Any]) -> Tensor:
-        """The scheduler's factor s = lr / initial_lr (1 without one; 0 for a frozen group)."""
+    def _scale(self, group: dict[str, Any], host: bool = False) -> Scalar:
+        """The scheduler's factor s = lr / initial_lr (1 without one; 0 for a frozen group),
+        a float for ``host`` groups."""
         if not self._scheduled(group):
-            return torch.ones((), dtype=torch.float64)
+            return 1.0 if host else torch.ones((), dtype=torch.float64)
         lr, initial = group["lr"], group["initial_lr"]
+        if host:
+            lr, initial = float(lr), float(initial)
+            return 0.0 if initial == 0 else lr / initial
         lr = lr.detach().double() if isinstance(lr, Tensor) else torch.tensor(float(lr),
                                                                               dtype=torch.float64)
         initial = (initial.detach().double().to(lr.device) if isinstance(initial, Tensor)
@@ -372,7 +403,14 @@ class NewtOptimizer(Optimizer):
         return torch.where(initial == 0, torch.zeros_like(lr), lr / torch.where(
             initial == 0, torch.ones_like(initial), initial))
 
-    def _alpha(self, group: dict[str, Any], state: GroupState, device: torch.device) -> Tensor:
+    def _alpha(self, group: dict[str, Any], state: GroupState, device: torch.device) -> Scalar:
+        """The group's α: a float for a host group (its state of Python numbers)."""
+        if state.host:
+            if self._scheduled(group):
+                if state.alpha is None:
+                    state.alpha = float(group["initial_lr"])
+                return state.alpha
+            return float(group["lr"])
         if self._scheduled(group):
             if state.alpha is None:
                 initial = group["initial_lr"]
@@ -386,13 +424,16 @@ class NewtOptimizer(Optimizer):
             return lr.detach()
         return torch.tensor(lr, dtype=torch.float64, device=device)
 
-    def _set_alpha(self, group: dict[str, Any], state: GroupState, alpha: Tensor) -> None:
+    def _set_alpha(self, group: dict[str, Any], state: GroupState, alpha: Scalar) -> None:
         if self._scheduled(group):
-            state.alpha = alpha.double()
+            state.alpha = alpha if state.host else alpha.double()
         elif isinstance(group["lr"], Tensor):
-            group["lr"].copy_(alpha)  # no host sync
+            if isinstance(alpha, Tensor):
+                group["lr"].copy_(alpha)  # no host sync
+            else:
+                group["lr"].fill_(alpha)
         else:
-            group["lr"] = alpha.item()
+            group["lr"] = alpha if not isinstance(alpha, Tensor) else alpha.item()
 
     @property
     def alphas(self) -> list[float]:
@@ -423,13 +464,16 @@ class NewtOptimizer(Optimizer):
             if not self._scheduled(group) or state is None or state.alpha is None:
                 continue
             lr = group["lr"]
-            step_size = state.alpha * self._scale(group).to(state.alpha.device)
+            if state.host:
+                step_size: Scalar = state.alpha * self._scale(group, host=True)
+            else:
+                step_size = state.alpha * self._scale(group).to(state.alpha.device)
             if isinstance(lr, Tensor):
                 saved.append((group, lr.clone()))
-                lr.copy_(step_size)
+                lr.copy_(step_size) if isinstance(step_size, Tensor) else lr.fill_(step_size)
             else:
                 saved.append((group, lr))
-                group["lr"] = step_size.item()
+                group["lr"] = float(step_size)
         try:
             self.inner.step()
         finally:
@@ -478,8 +522,8 @@ class NewtOptimizer(Optimizer):
         self._states = []
         for i, (group, entry) in enumerate(zip(self.param_groups, saved["groups"], strict=True)):
             device = group["params"][0].device if group["params"] else torch.device("cpu")
-            self._states.append(None if entry is None else
-                                GroupState.from_dict(entry, device, f"param_groups[{i}]"))
+            self._states.append(None if entry is None else GroupState.from_dict(
+                entry, None if self._host(device) else device, f"param_groups[{i}]"))
         self._reuse = None
 
     # ------------------------------------------------------------------ inspection
@@ -541,7 +585,9 @@ class NewtOptimizer(Optimizer):
             if not params:
                 continue
             if self._states[index] is None:
-                self._states[index] = GroupState.new(params[0].device, options.controller)
+                device = params[0].device
+                self._states[index] = GroupState.new(None if self._host(device) else device,
+                                                     options.controller)
             state = self._states[index]
             assert state is not None
             weights = [D.reduction_weight(p, self.process_group) for p in sources]
@@ -569,7 +615,8 @@ class NewtOptimizer(Optimizer):
                 continue  # no rank moves this group
             a = by_index.get(i) or self._placeholder(i)
             out_active.append(a)
-            out_values.append(sums[i].to(a.state.rule.slope.device, self._dtype(a)))
+            out_values.append(sums[i].to(sums.device if a.state.host else a.state.device,
+                                         self._dtype(a)))
         return out_active, out_values
 
     def _placeholder(self, index: int) -> _Active:
@@ -578,7 +625,8 @@ class NewtOptimizer(Optimizer):
         if self._states[index] is None:
             device = group["params"][0].device if group["params"] else torch.device("cpu")
             self._states[index] = GroupState.new(
-                device, self._group_options(index, group).controller)
+                None if self._host(device) else device,
+                self._group_options(index, group).controller)
         state = self._states[index]
         assert state is not None
         return _Active(index, group, self._group_options(index, group), state, [], [], [], [])
@@ -619,20 +667,27 @@ class NewtOptimizer(Optimizer):
 
     def _judge(self, active: list[_Active], slopes: list[Tensor],
                lookahead_slopes: list[Tensor] | None, loss: Tensor | None,
-               lookahead_loss: Tensor | None) -> Tensor:
-        """Decide and restore: keep or undo each group's step. Returns "all were kept"."""
-        kept = torch.ones((), dtype=torch.bool)
+               lookahead_loss: Tensor | None, take: Scalar = True) -> list[Scalar]:
+        """Decide and restore: keep or undo each group's step. Returns each group's
+        "kept" flag (a bool for host groups, else a 0-d tensor: nothing is read).
+        ``take`` false (a device flag) undoes every group's step: a gradient was not
+        finite, so the step was taken on zeroed gradients only to keep the flag unread."""
+        kept: list[Scalar] = []
         for i, a in enumerate(active):
+            host = a.state.host
             outcome = Outcome(
-                slope=slopes[i],
-                lookahead_slope=None if lookahead_slopes is None else lookahead_slopes[i],
-                loss=loss, lookahead_loss=lookahead_loss, own_loss=len(active) == 1,
-                scale=self._scale(a.group))
-            alpha = self._alpha(a.group, a.state, slopes[i].device)
+                slope=_value(slopes[i], host),
+                lookahead_slope=None if lookahead_slopes is None else _value(
+                    lookahead_slopes[i], host),
+                loss=None if loss is None else _value(loss, host),
+                lookahead_loss=None if lookahead_loss is None else _value(lookahead_loss, host),
+                own_loss=len(active) == 1, scale=self._scale(a.group, host))
+            alpha = self._alpha(a.group, a.state, a.state.device)
             a.state.rule, decision = rule.after_step(a.state.rule, outcome, alpha, a.options)
             self._carry_out(a, decision)
-            F.restore_where(decision.accept, a.params, a.snapshots)
-            kept = kept & decision.accept.cpu()
+            keep = decision.accept if take is True else decision.accept & take
+            F.restore_where(keep, a.params, a.snapshots)
+            kept.append(keep)
         return kept
 
     # ------------------------------------------------------------------ the phases of a step
@@ -648,20 +703,33 @@ class NewtOptimizer(Optimizer):
         must then be skipped (`after_inner_step` undoes it if it was taken anyway).
         """
         active = self._gather()
-        take = torch.ones((), dtype=torch.bool)
         # With nothing pending s = θ_t already and B = ⟨g, 0⟩: NaN iff g is not finite.
         # With a process group the sum over the ranks is NaN if any rank's is.
         active, probes = self._everywhere(
             active, [self._inner_product(a, a.grads(), refresh=True) for a in active])
+        flags: list[Scalar] = []
         for a, fresh in zip(active, probes, strict=True):
-            alpha = self._alpha(a.group, a.state, fresh.device)
+            host = a.state.host
+            fresh_value = _value(fresh, host)
+            xp = scalars.ops(fresh_value)
+            alpha = self._alpha(a.group, a.state, a.state.device)
             momentum = _momentum(a.group) if a.options.controller == "gated" else 0.0
             a.state.rule, decision = rule.before_step(
-                a.state.rule, Probe(fresh, torch.isfinite(fresh), momentum), alpha, a.options)
+                a.state.rule, Probe(fresh_value, xp.isfinite(fresh_value), momentum), alpha,
+                a.options)
             self._carry_out(a, decision)
-            take = take & decision.accept.cpu()
-        taken = bool(take)  # a CPU flag
-        self._in_progress = _InProgress(active, taken, None)
+            flags.append(decision.accept)
+        take: Scalar = True
+        if all(not isinstance(f, Tensor) for f in flags):
+            taken = all(flags)
+        else:
+            # On a device the flag is never read: the step is taken, a non-finite gradient is
+            # zeroed first, and the step is undone where a group's flag is false.
+            take = _all(flags)
+            for a in active:
+                F.zero_where(take, a.grads())
+            taken = True
+        self._in_progress = _InProgress(active, taken, None, take)
         return taken
 
     @torch.no_grad()
@@ -674,13 +742,13 @@ class NewtOptimizer(Optimizer):
         progress = self._require("after_inner_step", "before_inner_step")
         if not progress.taken:  # a non-finite gradient: the step is skipped
             for a in progress.active:
-                F.restore_where(torch.zeros((), dtype=torch.bool), a.params, a.snapshots)
+                F.restore_where(False, a.params, a.snapshots)
             self._in_progress = None
             return
         progress.slopes = [self._inner_product(a, a.grads()) for a in progress.active]
         if not lookahead:
             progress.slopes = self._reduce(progress.slopes)
-            self._judge(progress.active, progress.slopes, None, None, None)
+            self._judge(progress.active, progress.slopes, None, None, None, progress.take)
             self._in_progress = None
 
     @torch.no_grad()
@@ -716,8 +784,9 @@ class NewtOptimizer(Optimizer):
             lookahead_slopes = self._reduce(lookahead_slopes, sums[n:])
             lookahead_loss = means[0].to(lookahead_loss.device, lookahead_loss.dtype)
         self._last_lookahead_loss = lookahead_loss
-        return bool(self._judge(progress.active, progress.slopes, lookahead_slopes,
-                                loss.detach().reshape(()), lookahead_loss))
+        kept = self._judge(progress.active, progress.slopes, lookahead_slopes,
+                           loss.detach().reshape(()), lookahead_loss, progress.take)
+        return all(bool(k) for k in kept)  # closure mode reads the flags (see `step`)
 
     def _reduce(self, values: list[Tensor], reduced: Tensor | None = None) -> list[Tensor]:
         """Per-group scalars summed over the process group (one collective unless
@@ -754,8 +823,10 @@ class NewtOptimizer(Optimizer):
         """Restore θ_t of every group and drop what was pending (after an exception)."""
         progress, self._in_progress, self._reuse = self._in_progress, None, None
         for a in progress.active if progress is not None else []:
-            F.restore_where(torch.zeros((), dtype=torch.bool), a.params, a.snapshots)
-            a.state.rule = a.state.rule._replace(pending=torch.zeros_like(a.state.rule.pending))
+            F.restore_where(False, a.params, a.snapshots)
+            pending = a.state.rule.pending
+            a.state.rule = a.state.rule._replace(
+                pending=torch.zeros_like(pending) if isinstance(pending, Tensor) else False)
 
     # ------------------------------------------------------------------ step
     @torch.no_grad()

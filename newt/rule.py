@@ -29,12 +29,14 @@ $\alpha_t f$ is the exact line-search step along $u_t$.
 from __future__ import annotations
 
 import enum
+import math
 from typing import Literal, NamedTuple
 
 import torch
 from torch import Tensor
 
 from newt.options import NewtOptions
+from newt.scalars import TENSORS, Scalar, ops
 
 __all__ = [
     "Curvature",
@@ -99,34 +101,34 @@ class Safeguard(enum.IntEnum):
 class StepSizeUpdate(NamedTuple):
     """Result of `update_lr` (all 0-d tensors)."""
 
-    lr: Tensor
+    lr: Scalar
     """The new step size α_{t+1}."""
-    curvature: Tensor
+    curvature: Scalar
     """The estimate C (so g''(α_t) ≈ C / α_t²)."""
-    safeguard: Tensor
+    safeguard: Scalar
     """A `Safeguard` value, as an int64 tensor."""
-    finite: Tensor
+    finite: Scalar
     """False when the step must be undone (non-finite loss or inner product)."""
 
 
-def gradient_difference(slope: Tensor, lookahead_slope: Tensor) -> Tensor:
+def gradient_difference(slope: Scalar, lookahead_slope: Scalar) -> Scalar:
     r"""Gradient-difference curvature (Retsinas et al. 2023, eq. 7): $C = A - B$."""
     return slope - lookahead_slope
 
 
-def loss_difference(loss: Tensor, lookahead_loss: Tensor, lookahead_slope: Tensor) -> Tensor:
+def loss_difference(loss: Scalar, lookahead_loss: Scalar, lookahead_slope: Scalar) -> Scalar:
     r"""Loss-difference curvature (second-order Taylor of $g_t$ around $\alpha_t$):
     $C = 2\,(L(\theta_t) - L(\theta_{t+1}) - B)$."""
     return 2.0 * (loss - lookahead_loss - lookahead_slope)
 
 
 def curvature_estimate(
-    slope: Tensor,
-    lookahead_slope: Tensor,
-    loss: Tensor | None,
-    lookahead_loss: Tensor | None,
+    slope: Scalar,
+    lookahead_slope: Scalar,
+    loss: Scalar | None,
+    lookahead_loss: Scalar | None,
     curvature: Curvature,
-) -> Tensor:
+) -> Scalar:
     r"""Return C with $g''(\alpha_t) \approx C/\alpha_t^2$, by the named estimate.
 
     Args:
@@ -148,11 +150,11 @@ def curvature_estimate(
 
 
 def update_lr(
-    lr: Tensor,
-    slope: Tensor,
-    lookahead_slope: Tensor,
-    loss: Tensor | None = None,
-    lookahead_loss: Tensor | None = None,
+    lr: Scalar,
+    slope: Scalar,
+    lookahead_slope: Scalar,
+    loss: Scalar | None = None,
+    lookahead_loss: Scalar | None = None,
     *,
     curvature: Curvature = "gradient",
     **options: float | str,
@@ -168,19 +170,20 @@ def update_lr(
     increase = None
     finite = None
     if loss is not None and lookahead_loss is not None:
+        xp = ops(loss, lookahead_loss)
         increase = lookahead_loss > loss
-        finite = torch.isfinite(loss) & torch.isfinite(lookahead_loss)
+        finite = xp.isfinite(loss) & xp.isfinite(lookahead_loss)
     return newton_update(lr, A, B, C, loss_increase=increase, losses_finite=finite, **options)
 
 
 def newton_update(
-    lr: Tensor,
-    slope: Tensor,
-    lookahead_slope: Tensor,
-    curvature: Tensor,
+    lr: Scalar,
+    slope: Scalar,
+    lookahead_slope: Scalar,
+    curvature: Scalar,
     *,
-    loss_increase: Tensor | None = None,
-    losses_finite: Tensor | None = None,
+    loss_increase: Scalar | None = None,
+    losses_finite: Scalar | None = None,
     gamma: float = 1.0,
     eps: float = 0.0,
     lr_min: float = 0.0,
@@ -191,7 +194,7 @@ def newton_update(
     nonconvex_factor: float = 1.0,
     nonfinite_factor: float = 0.1,
     update: Update = "log",
-    scale: Tensor | float = 1.0,
+    scale: Scalar | float = 1.0,
 ) -> StepSizeUpdate:
     r"""One safeguarded, damped Newton step on the step size α.
 
@@ -233,54 +236,60 @@ def newton_update(
         A `StepSizeUpdate` of 0-d tensors in the promoted dtype of ``lr``
         and the inner products.
     """
-    lr = torch.as_tensor(lr)
-    dtype = torch.promote_types(lr.dtype, slope.dtype)
-    A, B, C = slope.to(dtype), lookahead_slope.to(dtype), curvature.to(dtype)
-    one = torch.ones((), dtype=dtype, device=A.device)
-    s = torch.as_tensor(scale, dtype=dtype, device=A.device)
-    gamma = gamma * torch.clamp(s, max=1.0)  # γ·min(1, s): hold α as the schedule vanishes
+    xp = ops(lr, slope, lookahead_slope, curvature, loss_increase, losses_finite, scale)
+    if xp is TENSORS:
+        lr = torch.as_tensor(lr)
+        dtype = torch.promote_types(lr.dtype, torch.as_tensor(slope).dtype)
+        device = next(x.device for x in (slope, lookahead_slope, curvature, lr)
+                      if isinstance(x, Tensor))
+        lr, A, B, C, s = (torch.as_tensor(x, dtype=dtype, device=device)
+                          for x in (lr, slope, lookahead_slope, curvature, scale))
+    else:
+        lr, A, B, C, s = (float(x) for x in (lr, slope, lookahead_slope, curvature, scale))
+    one = xp.const(1.0, A)
+    gamma = gamma * xp.clamp(s, hi=1.0)  # γ·min(1, s): hold α as the schedule vanishes
 
-    finite = torch.isfinite(A) & torch.isfinite(B) & torch.isfinite(C)
+    finite = xp.isfinite(A) & xp.isfinite(B) & xp.isfinite(C)
     if losses_finite is not None:
         finite = finite & losses_finite
     if loss_increase is None:
-        loss_increase = torch.zeros((), dtype=torch.bool, device=A.device)
+        loss_increase = xp.const(False, A)
     informative = (A != 0) | (B != 0)
-    convex = C > eps * (A.abs() + B.abs())
+    convex = C > eps * (abs(A) + abs(B))
 
     # g'' > 0: Newton factor f = 1 + B/C (the division is guarded where C is not positive).
-    newton = 1.0 + B / torch.where(convex, C, one)
+    ratio = B / xp.where(convex, C, one)
+    newton = 1.0 + ratio
     if update == "exp":
         # e^{B/C}: the same first-order step in log α, but unbiased when B is noisy
         # (E[log(1 + B/C)] < log(1 + E[B]/C) drifts α down; E[B/C] does not).
-        newton = torch.exp(torch.clamp(B / torch.where(convex, C, one), -50.0, 50.0))
+        newton = xp.exp(xp.clamp(ratio, -50.0, 50.0))
 
     newton = newton * s  # the target of the unscheduled α is s·α·f (see above)
     if update == "linear":
         newton = 1.0 + gamma * (newton - 1.0)
-    factor = torch.where(convex, newton, nonconvex_factor * one)
-    factor = torch.where(loss_increase, torch.minimum(factor, backoff * one), factor)
-    code = torch.where(
+    factor = xp.where(convex, newton, nonconvex_factor * one)
+    factor = xp.where(loss_increase, xp.minimum(factor, backoff * one), factor)
+    code = xp.where(
         loss_increase,
         int(Safeguard.LOSS_INCREASE),
-        torch.where(convex, int(Safeguard.NEWTON), int(Safeguard.NONPOSITIVE_CURVATURE)),
+        xp.where(convex, int(Safeguard.NEWTON), int(Safeguard.NONPOSITIVE_CURVATURE)),
     )
-    clamped = torch.clamp(factor, factor_min, factor_max)
-    code = torch.where((clamped != factor) & (code == int(Safeguard.NEWTON)),
-                       int(Safeguard.FACTOR_CLAMP), code)
+    clamped = xp.clamp(factor, factor_min, factor_max)
+    code = xp.where((clamped != factor) & (code == int(Safeguard.NEWTON)),
+                    int(Safeguard.FACTOR_CLAMP), code)
     if update != "linear":
         # α ← α·f̂^γ: a step of γ in log α (the clamp above keeps f̂ > 0 when factor_min > 0).
-        tiny = torch.finfo(dtype).tiny
-        clamped = torch.exp(gamma * torch.log(torch.clamp(clamped, min=tiny)))
-    factor = torch.where(informative, clamped, one)
-    code = torch.where(informative, code, int(Safeguard.NO_INFORMATION))
-    factor = torch.where(finite, factor, nonfinite_factor * one)
-    code = torch.where(finite, code, int(Safeguard.NONFINITE))
+        clamped = xp.exp(gamma * xp.log(xp.clamp(clamped, lo=xp.tiny(A))))
+    factor = xp.where(informative, clamped, one)
+    code = xp.where(informative, code, int(Safeguard.NO_INFORMATION))
+    factor = xp.where(finite, factor, nonfinite_factor * one)
+    code = xp.where(finite, code, int(Safeguard.NONFINITE))
 
-    proposed = lr.to(dtype) * factor
-    new_lr = torch.where(lr == 0, lr.to(dtype), torch.clamp(proposed, lr_min, lr_max))
-    code = torch.where((new_lr != proposed) & (code == int(Safeguard.NEWTON)),
-                       int(Safeguard.LR_CLAMP), code)
+    proposed = lr * factor
+    new_lr = xp.where(lr == 0, lr, xp.clamp(proposed, lr_min, lr_max))
+    code = xp.where((new_lr != proposed) & (code == int(Safeguard.NEWTON)),
+                    int(Safeguard.LR_CLAMP), code)
     return StepSizeUpdate(new_lr, C, code, finite)
 
 
@@ -301,32 +310,32 @@ def newton_update(
 class RuleState(NamedTuple):
     """The controller's state for one group (0-d tensors on the group's device)."""
 
-    pending: Tensor
+    pending: Scalar
     """bool: a kept step awaits the slope of a fresh batch along its displacement."""
-    slope: Tensor
+    slope: Scalar
     """A = ⟨∇L(θ_t), d_t⟩ of the pending step, on its own batch."""
-    curvature: Tensor
+    curvature: Scalar
     """C of the pending step from the same-batch lookahead (closure mode)."""
-    same_batch_curvature: Tensor
+    same_batch_curvature: Scalar
     """bool: ``curvature`` was measured (closure mode); else C = A − B with the fresh B."""
-    loss_increase: Tensor
+    loss_increase: Scalar
     """bool: the pending step raised its batch's loss (kept because ``reject`` is off)."""
-    loss: Tensor
+    loss: Scalar
     """L(θ_t) of the pending step's batch (closure mode; NaN otherwise), for the record."""
-    lookahead_loss: Tensor
+    lookahead_loss: Scalar
     """L(θ_{t+1}) on that batch (closure mode; NaN otherwise), for the record."""
-    scale: Tensor
+    scale: Scalar
     """The schedule's factor s = lr / initial_lr the pending step was taken at (1 unscheduled)."""
-    updates: Tensor
+    updates: Scalar
     """int64: how many Newton updates α has had."""
 
 
 class Probe(NamedTuple):
     """What ``before_step`` sees: this batch's gradient at θ_t (0-d tensors)."""
 
-    fresh_slope: Tensor
+    fresh_slope: Scalar
     """B = ⟨∇L_{batch t}(θ_t), d_{t−1}⟩ (meaningful only while a step is pending)."""
-    gradient_finite: Tensor
+    gradient_finite: Scalar
     """bool: the gradient at θ_t has no NaN/inf."""
     momentum: float = 0.0
     """β₁ of the inner optimizer (``betas[0]`` or ``momentum``; 0 if none), read by the
@@ -336,41 +345,41 @@ class Probe(NamedTuple):
 class Outcome(NamedTuple):
     """What ``after_step`` sees of the step d_t just taken (0-d tensors)."""
 
-    slope: Tensor
+    slope: Scalar
     """A = ⟨∇L_{batch t}(θ_t), d_t⟩."""
-    lookahead_slope: Tensor | None
+    lookahead_slope: Scalar | None
     """B = ⟨∇L_{batch t}(θ_{t+1}), d_t⟩ on the same batch (closure mode), else ``None``."""
-    loss: Tensor | None
+    loss: Scalar | None
     """L_{batch t}(θ_t) (closure mode), else ``None``."""
-    lookahead_loss: Tensor | None
+    lookahead_loss: Scalar | None
     """L_{batch t}(θ_{t+1}) (closure mode), else ``None``."""
     own_loss: bool
     """The loss change is this group's alone (one group stepped): judge it by the losses;
     else by the group's own trapezoid share (A + B)/2."""
-    scale: Tensor
+    scale: Scalar
     """The schedule's factor s of this step."""
 
 
 class Decision(NamedTuple):
     """What the controller decided (0-d tensors)."""
 
-    alpha: Tensor
+    alpha: Scalar
     """The learned α from now on (unscheduled scale)."""
-    accept: Tensor
+    accept: Scalar
     """bool. before_step: take this step (false: skip it). after_step: keep d_t (false: undo)."""
-    safeguard: Tensor
+    safeguard: Scalar
     """int64 `Safeguard` code of what happened."""
-    report: Tensor
+    report: Scalar
     """bool: this decision replaces the last one in `newt.NewtOptimizer.last_stats`."""
-    used_alpha: Tensor
+    used_alpha: Scalar
     """The α of the step this decision is about."""
-    lookahead_slope: Tensor
+    lookahead_slope: Scalar
     """The lookahead slope B the decision used (NaN if none)."""
-    curvature: Tensor
+    curvature: Scalar
     """The curvature C the decision used (NaN if none)."""
-    loss: Tensor
+    loss: Scalar
     """L(θ_t) of the step it is about (NaN without a closure)."""
-    lookahead_loss: Tensor
+    lookahead_loss: Scalar
     """L(θ_{t+1}) of that step on the same batch (NaN without a closure)."""
 
 
@@ -380,31 +389,46 @@ def _rule_options(options: NewtOptions) -> dict[str, float | str]:
     return {name: getattr(options, name) for name in names}
 
 
-def _shrink(alpha: Tensor, factor: float, options: NewtOptions) -> Tensor:
+def _shrink(alpha: Scalar, factor: float, options: NewtOptions) -> Scalar:
     """clamp(α·factor, lr_min, lr_max); a frozen α = 0 stays 0."""
-    return torch.where(alpha == 0, alpha,
-                       torch.clamp(alpha * factor, options.lr_min, options.lr_max))
+    xp = ops(alpha)
+    return xp.where(alpha == 0, alpha, xp.clamp(alpha * factor, options.lr_min, options.lr_max))
 
 
-def init(device: torch.device) -> RuleState:
-    """The state before the first step: nothing pending."""
-    false = torch.zeros((), dtype=torch.bool, device=device)
-    nan = torch.full((), float("nan"), dtype=torch.float64, device=device)
+def _zeros(device: torch.device | None) -> tuple[Scalar, Scalar, Scalar, Scalar]:
+    """``(False, 0.0, 0, NaN)`` as host scalars (``device=None``) or 0-d tensors on it
+    (float64, int64)."""
+    if device is None:
+        return False, 0.0, 0, math.nan
+    return (torch.zeros((), dtype=torch.bool, device=device),
+            torch.zeros((), dtype=torch.float64, device=device),
+            torch.zeros((), dtype=torch.int64, device=device),
+            torch.full((), math.nan, dtype=torch.float64, device=device))
+
+
+def _device(state: NamedTuple) -> torch.device | None:
+    value = state[0]
+    return value.device if isinstance(value, Tensor) else None
+
+
+def init(device: torch.device | None) -> RuleState:
+    """The state before the first step: nothing pending. ``device=None``: host scalars
+    (Python floats, for parameters on the CPU); else 0-d tensors on ``device``."""
+    false, zero, izero, nan = _zeros(device)
     return RuleState(pending=false, slope=nan, curvature=nan, same_batch_curvature=false,
-                     loss_increase=false, loss=nan, lookahead_loss=nan,
-                     scale=torch.ones((), dtype=torch.float64, device=device),
-                     updates=torch.zeros((), dtype=torch.int64, device=device))
+                     loss_increase=false, loss=nan, lookahead_loss=nan, scale=zero + 1.0,
+                     updates=izero)
 
 
 def _own_state(state: RuleState | GatedState, options: NewtOptions) -> RuleState | GatedState:
     """The state of the group's ``controller``; a state of the other one (the option was
     changed mid-run) is replaced by a fresh one."""
     if options.controller == "gated":
-        return state if isinstance(state, GatedState) else gated_init(state.slope.device)
-    return state if isinstance(state, RuleState) else init(state.slope.device)
+        return state if isinstance(state, GatedState) else gated_init(_device(state))
+    return state if isinstance(state, RuleState) else init(_device(state))
 
 
-def before_step(state: RuleState | GatedState, probe: Probe, alpha: Tensor,
+def before_step(state: RuleState | GatedState, probe: Probe, alpha: Scalar,
                 options: NewtOptions) -> tuple[RuleState | GatedState, Decision]:
     """At θ_t: α_t and whether to step, by the group's ``controller``
     (`newton_before_step` or `gated_before_step`)."""
@@ -414,7 +438,7 @@ def before_step(state: RuleState | GatedState, probe: Probe, alpha: Tensor,
     return newton_before_step(state, probe, alpha, options)
 
 
-def after_step(state: RuleState | GatedState, outcome: Outcome, alpha: Tensor,
+def after_step(state: RuleState | GatedState, outcome: Outcome, alpha: Scalar,
                options: NewtOptions) -> tuple[RuleState | GatedState, Decision]:
     """After the inner step: keep or undo it, by the group's ``controller``
     (`newton_after_step` or `gated_after_step`)."""
@@ -424,7 +448,7 @@ def after_step(state: RuleState | GatedState, outcome: Outcome, alpha: Tensor,
     return newton_after_step(state, outcome, alpha, options)
 
 
-def newton_before_step(state: RuleState, probe: Probe, alpha: Tensor,
+def newton_before_step(state: RuleState, probe: Probe, alpha: Scalar,
                        options: NewtOptions) -> tuple[RuleState, Decision]:
     r"""At $\theta_t$: the Newton update of the pending step, and whether to step.
 
@@ -434,26 +458,28 @@ def newton_before_step(state: RuleState, probe: Probe, alpha: Tensor,
     A non-finite gradient skips the step: α is kept, the parameters are not
     touched, and the pending step is dropped (its fresh slope is lost).
     """
-    B = probe.fresh_slope.to(state.slope.dtype)
-    finite = probe.gradient_finite & (torch.isfinite(B) | ~state.pending)
-    C = torch.where(state.same_batch_curvature, state.curvature, state.slope - B)
+    xp = ops(state.slope)
+    B = xp.real(probe.fresh_slope, like=state.slope)
+    finite = probe.gradient_finite & (xp.isfinite(B) | xp.not_(state.pending))
+    C = xp.where(state.same_batch_curvature, state.curvature, state.slope - B)
     update = newton_update(alpha, state.slope, B, C, loss_increase=state.loss_increase,
                            scale=state.scale, **_rule_options(options))
     updated = state.pending & finite
-    new_alpha = torch.where(updated, update.lr.to(alpha.dtype), alpha)
-    safeguard = torch.where(finite, update.safeguard, int(Safeguard.SKIPPED))
-    nan = torch.full_like(state.slope, float("nan"))
+    new_alpha = xp.where(updated, xp.real(update.lr, like=alpha), alpha)
+    safeguard = xp.where(finite, update.safeguard, int(Safeguard.SKIPPED))
+    nan = xp.const(math.nan, state.slope)
     decision = Decision(
-        alpha=new_alpha, accept=finite, safeguard=safeguard, report=updated | ~finite,
-        used_alpha=alpha, lookahead_slope=torch.where(updated, B, nan),
-        curvature=torch.where(updated, update.curvature.to(nan.dtype), nan),
+        alpha=new_alpha, accept=finite, safeguard=safeguard,
+        report=updated | xp.not_(finite), used_alpha=alpha,
+        lookahead_slope=xp.where(updated, B, nan),
+        curvature=xp.where(updated, xp.real(update.curvature, like=nan), nan),
         loss=state.loss, lookahead_loss=state.lookahead_loss,
     )
-    false = torch.zeros_like(state.pending)
-    return state._replace(pending=false, updates=state.updates + updated.long()), decision
+    return state._replace(pending=xp.const(False, state.pending),
+                          updates=state.updates + xp.integer(updated)), decision
 
 
-def newton_after_step(state: RuleState, outcome: Outcome, alpha: Tensor,
+def newton_after_step(state: RuleState, outcome: Outcome, alpha: Scalar,
                       options: NewtOptions) -> tuple[RuleState, Decision]:
     r"""After the inner step $d_t$: keep or undo it, and α after it.
 
@@ -466,56 +492,57 @@ def newton_after_step(state: RuleState, outcome: Outcome, alpha: Tensor,
     - Otherwise the step is kept and waits for the next batch's slope
       (`before_step`), with its same-batch curvature if there was a lookahead.
     """
-    A = outcome.slope.to(state.slope.dtype)
+    xp = ops(state.slope)
+    A = xp.real(outcome.slope, like=state.slope)
     closure = outcome.lookahead_slope is not None
-    nan = torch.full_like(A, float("nan"))
+    nan = xp.const(math.nan, A)
+    scale = xp.real(outcome.scale, like=A)
     if not closure:
-        finite = torch.isfinite(A)
-        new_alpha = torch.where(finite, alpha, _shrink(alpha, options.nonfinite_factor, options))
+        finite = xp.isfinite(A)
+        new_alpha = xp.where(finite, alpha, _shrink(alpha, options.nonfinite_factor, options))
+        false = xp.const(False, state.pending)
         new_state = state._replace(pending=finite, slope=A, curvature=nan,
-                                   same_batch_curvature=torch.zeros_like(finite),
-                                   loss_increase=torch.zeros_like(finite), loss=nan,
-                                   lookahead_loss=nan, scale=outcome.scale.to(A.dtype))
+                                   same_batch_curvature=false, loss_increase=false, loss=nan,
+                                   lookahead_loss=nan, scale=scale)
         return new_state, Decision(
-            alpha=new_alpha, accept=finite, safeguard=torch.full_like(
-                state.updates, int(Safeguard.NONFINITE)), report=~finite, used_alpha=alpha,
-            lookahead_slope=nan, curvature=nan, loss=nan, lookahead_loss=nan)
+            alpha=new_alpha, accept=finite, safeguard=xp.const(int(Safeguard.NONFINITE), A),
+            report=xp.not_(finite), used_alpha=alpha, lookahead_slope=nan, curvature=nan,
+            loss=nan, lookahead_loss=nan)
 
     assert outcome.lookahead_slope is not None
     assert outcome.loss is not None and outcome.lookahead_loss is not None
-    B = outcome.lookahead_slope.to(A.dtype)
-    L0, L1 = outcome.loss.to(A.dtype), outcome.lookahead_loss.to(A.dtype)
+    B = xp.real(outcome.lookahead_slope, like=A)
+    L0, L1 = xp.real(outcome.loss, like=A), xp.real(outcome.lookahead_loss, like=A)
     C = curvature_estimate(A, B, L0, L1, options.curvature)
-    finite = (torch.isfinite(A) & torch.isfinite(B) & torch.isfinite(C)
-              & torch.isfinite(L0) & torch.isfinite(L1))
+    finite = (xp.isfinite(A) & xp.isfinite(B) & xp.isfinite(C)
+              & xp.isfinite(L0) & xp.isfinite(L1))
     if outcome.own_loss or options.curvature == "loss":
         increase = L1 > L0
     else:
         increase = A + B < 0  # this group's share of L(θ_t) − L(θ_{t+1}) ≈ (A + B)/2 is negative
     rejected = finite & increase & (options.reject and options.gamma > 0)
-    accept = finite & ~rejected
+    accept = finite & xp.not_(rejected)
 
     if options.slope == "same_batch":
-        update = newton_update(alpha, A, B, C, loss_increase=increase, scale=outcome.scale,
+        update = newton_update(alpha, A, B, C, loss_increase=increase, scale=scale,
                                **_rule_options(options))
-        return state._replace(pending=torch.zeros_like(accept),
-                              updates=state.updates + finite.long()), Decision(
-            alpha=update.lr.to(alpha.dtype), accept=accept, safeguard=update.safeguard,
-            report=torch.ones_like(accept), used_alpha=alpha, lookahead_slope=B,
-            curvature=update.curvature.to(A.dtype), loss=L0, lookahead_loss=L1)
+        return state._replace(pending=xp.const(False, state.pending),
+                              updates=state.updates + xp.integer(finite)), Decision(
+            alpha=xp.real(update.lr, like=alpha), accept=accept, safeguard=update.safeguard,
+            report=xp.const(True, state.pending), used_alpha=alpha, lookahead_slope=B,
+            curvature=xp.real(update.curvature, like=A), loss=L0, lookahead_loss=L1)
 
     exponent = 1.0 if options.update == "linear" else options.gamma
-    new_alpha = torch.where(
-        ~finite, _shrink(alpha, options.nonfinite_factor, options),
-        torch.where(rejected, _shrink(alpha, options.backoff**exponent, options), alpha))
-    safeguard = torch.where(finite, int(Safeguard.LOSS_INCREASE), int(Safeguard.NONFINITE))
+    new_alpha = xp.where(
+        xp.not_(finite), _shrink(alpha, options.nonfinite_factor, options),
+        xp.where(rejected, _shrink(alpha, options.backoff**exponent, options), alpha))
+    safeguard = xp.where(finite, int(Safeguard.LOSS_INCREASE), int(Safeguard.NONFINITE))
     new_state = state._replace(pending=accept, slope=A, curvature=C,
-                               same_batch_curvature=torch.ones_like(accept),
-                               loss_increase=increase, loss=L0, lookahead_loss=L1,
-                               scale=outcome.scale.to(A.dtype))
+                               same_batch_curvature=xp.const(True, state.pending),
+                               loss_increase=increase, loss=L0, lookahead_loss=L1, scale=scale)
     return new_state, Decision(
-        alpha=new_alpha, accept=accept, safeguard=safeguard, report=~accept, used_alpha=alpha,
-        lookahead_slope=B, curvature=C, loss=L0, lookahead_loss=L1)
+        alpha=new_alpha, accept=accept, safeguard=safeguard, report=xp.not_(accept),
+        used_alpha=alpha, lookahead_slope=B, curvature=C, loss=L0, lookahead_loss=L1)
 
 
 # ------------------------------------------------------------------ the gated controller
@@ -551,50 +578,46 @@ GATED_NONFINITE = 0.1
 class GatedState(NamedTuple):
     """The gated controller's state for one group (0-d tensors; floats are float64)."""
 
-    pending: Tensor
+    pending: Scalar
     """bool: a kept step awaits the slope of a fresh batch along its displacement."""
-    slope: Tensor
+    slope: Scalar
     """A = ⟨∇L(θ_t), d_t⟩ of the pending step, on its own batch."""
-    step: Tensor
+    step: Scalar
     """η = α·s, the step size the pending step was taken with."""
-    started: Tensor
+    started: Scalar
     """bool: the first α was set to min(α₀, 1e-6)."""
-    phase: Tensor
+    phase: Scalar
     """int64: 1 (doubling) or 2 (gated Newton factor)."""
-    cap: Tensor
+    cap: Scalar
     """The ratchet's cap on growth (+inf until a significant decrease or an undo streak)."""
-    peak: Tensor
+    peak: Scalar
     """The largest α of phase 2 (the floor is 0.3 × it)."""
-    streak: Tensor
+    streak: Scalar
     """int64: consecutive undone steps (closure mode)."""
-    mean_b: Tensor
+    mean_b: Scalar
     """EMA of b = B/η."""
-    mean_b2: Tensor
+    mean_b2: Scalar
     """EMA of b²."""
-    mean_a: Tensor
+    mean_a: Scalar
     """EMA of a = A/η."""
-    mean_c: Tensor
+    mean_c: Scalar
     """EMA of c = (A − B)/η²."""
-    count: Tensor
+    count: Scalar
     """int64: the number of EMA updates (for the bias correction 1 − β^n)."""
-    updates: Tensor
+    updates: Scalar
     """int64: how many updates (phase 1 or 2) α has had."""
 
 
-def gated_init(device: torch.device) -> GatedState:
-    """The gated controller's state before the first step."""
-    false = torch.zeros((), dtype=torch.bool, device=device)
-    zero = torch.zeros((), dtype=torch.float64, device=device)
-    izero = torch.zeros((), dtype=torch.int64, device=device)
-    nan = torch.full((), float("nan"), dtype=torch.float64, device=device)
-    return GatedState(pending=false, slope=nan, step=nan, started=false,
-                      phase=torch.ones((), dtype=torch.int64, device=device),
-                      cap=torch.full((), float("inf"), dtype=torch.float64, device=device),
-                      peak=zero, streak=izero, mean_b=zero, mean_b2=zero, mean_a=zero,
-                      mean_c=zero, count=izero, updates=izero)
+def gated_init(device: torch.device | None) -> GatedState:
+    """The gated controller's state before the first step (host scalars for
+    ``device=None``, else 0-d tensors on ``device``)."""
+    false, zero, izero, nan = _zeros(device)
+    return GatedState(pending=false, slope=nan, step=nan, started=false, phase=izero + 1,
+                      cap=zero + math.inf, peak=zero, streak=izero, mean_b=zero, mean_b2=zero,
+                      mean_a=zero, mean_c=zero, count=izero, updates=izero)
 
 
-def gated_before_step(state: GatedState, probe: Probe, alpha: Tensor,
+def gated_before_step(state: GatedState, probe: Probe, alpha: Scalar,
                       options: NewtOptions) -> tuple[GatedState, Decision]:
     r"""The gated controller at $\theta_t$ (docs/design/alpha.md, section 4).
 
@@ -616,80 +639,80 @@ def gated_before_step(state: GatedState, probe: Probe, alpha: Tensor,
 
     A non-finite gradient skips the step, divides α by 10 and ends phase 1.
     """
-    dt = torch.float64
-    a0 = alpha.to(dt)
-    a = torch.where(state.started, a0, torch.clamp(a0, max=GATED_START))
-    B = probe.fresh_slope.to(dt)
-    finite = probe.gradient_finite & (torch.isfinite(B) | ~state.pending)
+    xp = ops(state.slope)
+    a0 = xp.real(alpha, like=state.slope)
+    a = xp.where(state.started, a0, xp.clamp(a0, hi=GATED_START))
+    B = xp.real(probe.fresh_slope, like=state.slope)
+    finite = probe.gradient_finite & (xp.isfinite(B) | xp.not_(state.pending))
     A, eta = state.slope, state.step
-    one = torch.ones((), dtype=dt, device=A.device)
-    usable = (state.pending & finite & torch.isfinite(A) & (A != 0)
-              & torch.isfinite(eta) & (eta > 0))
-    safe_A = torch.where(usable, A, one)
-    safe_eta = torch.where(usable, eta, one)
+    one = xp.const(1.0, A)
+    usable = (state.pending & finite & xp.isfinite(A) & (A != 0)
+              & xp.isfinite(eta) & (eta > 0))
+    safe_A = xp.where(usable, A, one)  # divisors: finite and non-zero
+    safe_eta = xp.where(usable, eta, one)
     grow = usable & (state.phase == 1) & (B / safe_A > GATED_RHO_STOP)
-    newton = usable & ~grow
+    newton = usable & xp.not_(grow)
 
     # phase 2: the scale-free values of the pending step, averaged
     beta = GATED_BETA
-    b, aa, c = B / safe_eta, A / safe_eta, (A - B) / safe_eta**2
+    b, aa, c = B / safe_eta, A / safe_eta, (A - B) / safe_eta / safe_eta
     mean_b = beta * state.mean_b + (1 - beta) * b
     mean_b2 = beta * state.mean_b2 + (1 - beta) * (b * b)
     mean_a = beta * state.mean_a + (1 - beta) * aa
     mean_c = beta * state.mean_c + (1 - beta) * c
     count = state.count + 1
-    correction = 1 - torch.pow(torch.full_like(one, beta), count.to(dt))
+    correction = 1 - xp.pow(beta, xp.real(count, like=A))
     bb, ab = mean_b / correction, mean_a / correction
     cb, b2 = mean_c / correction, mean_b2 / correction
-    sd = torch.sqrt(torch.clamp(b2 - bb * bb, min=0.0) * ((1 - beta) / (1 + beta)))
+    sd = xp.sqrt(xp.clamp(b2 - bb * bb, lo=0.0) * ((1 - beta) / (1 + beta)))
     shifted = bb + GATED_TAU * (1 - probe.momentum) * ab
     positive = cb > 0
-    f = torch.where(positive, 1 + shifted / (safe_eta * torch.where(positive, cb, one)),
-                    GATED_FACTOR_MAX * one)
-    f = torch.clamp(f, GATED_FACTOR_MIN, GATED_FACTOR_MAX)
+    f = xp.where(positive, 1 + shifted / safe_eta / xp.where(positive, cb, one),
+                 GATED_FACTOR_MAX * one)
+    f = xp.clamp(f, GATED_FACTOR_MIN, GATED_FACTOR_MAX)
     decrease = f < 1
-    f = torch.where(
+    f = xp.where(
         decrease,
-        torch.where(shifted >= -GATED_K_DOWN * sd, one,
-                    torch.clamp(f, min=GATED_DECREASE ** (1 / GATED_GAMMA))),
-        torch.where(shifted <= GATED_K_UP * sd, one, f))
-    proposed = torch.clamp(a * torch.pow(f, GATED_GAMMA), GATED_LR_MIN, GATED_LR_MAX)
-    cap = torch.where(f < 1, torch.minimum(state.cap, GATED_RATCHET * a), state.cap)
-    proposed = torch.where(f > 1, torch.minimum(proposed, torch.maximum(cap, a)), proposed)
-    peak = torch.maximum(state.peak, a)
-    proposed = torch.maximum(proposed, GATED_FLOOR * peak)
+        xp.where(shifted >= -GATED_K_DOWN * sd, one,
+                 xp.clamp(f, lo=GATED_DECREASE ** (1 / GATED_GAMMA))),
+        xp.where(shifted <= GATED_K_UP * sd, one, f))
+    proposed = xp.clamp(a * xp.pow(f, GATED_GAMMA), GATED_LR_MIN, GATED_LR_MAX)
+    cap = xp.where(f < 1, xp.minimum(state.cap, GATED_RATCHET * a), state.cap)
+    proposed = xp.where(f > 1, xp.minimum(proposed, xp.maximum(cap, a)), proposed)
+    peak = xp.maximum(state.peak, a)
+    proposed = xp.maximum(proposed, GATED_FLOOR * peak)
 
-    new_alpha = torch.where(
-        ~finite, torch.clamp(a * GATED_NONFINITE, min=GATED_LR_MIN),
-        torch.where(grow, torch.clamp(a * GATED_GROWTH, max=GATED_LR_MAX),
-                    torch.where(newton, proposed, a)))
-    new_alpha = torch.where(a == 0, a, new_alpha)  # a frozen group stays frozen
-    phase = torch.where(newton | ~finite, torch.full_like(state.phase, 2), state.phase)
-    safeguard = torch.where(
-        ~finite, int(Safeguard.SKIPPED), torch.where(
-            grow, int(Safeguard.GROWTH), torch.where(
-                newton & (f == 1), int(Safeguard.GATED), torch.where(
+    new_alpha = xp.where(
+        xp.not_(finite), xp.clamp(a * GATED_NONFINITE, lo=GATED_LR_MIN),
+        xp.where(grow, xp.clamp(a * GATED_GROWTH, hi=GATED_LR_MAX),
+                 xp.where(newton, proposed, a)))
+    new_alpha = xp.where(a == 0, a, new_alpha)  # a frozen group stays frozen
+    phase = xp.where(newton | xp.not_(finite), 2, state.phase)
+    safeguard = xp.where(
+        xp.not_(finite), int(Safeguard.SKIPPED), xp.where(
+            grow, int(Safeguard.GROWTH), xp.where(
+                newton & (f == 1), int(Safeguard.GATED), xp.where(
                     newton, int(Safeguard.NEWTON), int(Safeguard.FIRST_STEP)))))
-    nan = torch.full_like(one, float("nan"))
-    report = usable | ~finite
+    nan = xp.const(math.nan, A)
+    report = usable | xp.not_(finite)
     decision = Decision(
-        alpha=new_alpha.to(alpha.dtype), accept=finite, safeguard=safeguard, report=report,
-        used_alpha=a, lookahead_slope=torch.where(usable, B, nan),
-        curvature=torch.where(usable, A - B, nan), loss=nan, lookahead_loss=nan)
+        alpha=xp.real(new_alpha, like=alpha), accept=finite, safeguard=safeguard,
+        report=report, used_alpha=a, lookahead_slope=xp.where(usable, B, nan),
+        curvature=xp.where(usable, A - B, nan), loss=nan, lookahead_loss=nan)
     new_state = state._replace(
-        pending=torch.zeros_like(state.pending), started=torch.ones_like(state.started),
-        phase=phase, cap=torch.where(newton, cap, state.cap),
-        peak=torch.where(newton, peak, state.peak),
-        mean_b=torch.where(newton, mean_b, state.mean_b),
-        mean_b2=torch.where(newton, mean_b2, state.mean_b2),
-        mean_a=torch.where(newton, mean_a, state.mean_a),
-        mean_c=torch.where(newton, mean_c, state.mean_c),
-        count=torch.where(newton, count, state.count),
-        updates=state.updates + usable.long())
+        pending=xp.const(False, state.pending), started=xp.const(True, state.started),
+        phase=phase, cap=xp.where(newton, cap, state.cap),
+        peak=xp.where(newton, peak, state.peak),
+        mean_b=xp.where(newton, mean_b, state.mean_b),
+        mean_b2=xp.where(newton, mean_b2, state.mean_b2),
+        mean_a=xp.where(newton, mean_a, state.mean_a),
+        mean_c=xp.where(newton, mean_c, state.mean_c),
+        count=xp.where(newton, count, state.count),
+        updates=state.updates + xp.integer(usable))
     return new_state, decision
 
 
-def gated_after_step(state: GatedState, outcome: Outcome, alpha: Tensor,
+def gated_after_step(state: GatedState, outcome: Outcome, alpha: Scalar,
                      options: NewtOptions) -> tuple[GatedState, Decision]:
     r"""The gated controller after the inner step $d_t$.
 
@@ -699,39 +722,37 @@ def gated_after_step(state: GatedState, outcome: Outcome, alpha: Tensor,
     cap ← min(cap, 0.9α) and α ← 0.9α. A non-finite $A$, lookahead slope or loss undoes
     the step and divides α by 10 (phase 2).
     """
-    dt = torch.float64
-    a = alpha.to(dt)
-    A = outcome.slope.to(dt)
-    nan = torch.full_like(A, float("nan"))
-    scale = outcome.scale.to(dt)
-    if outcome.lookahead_slope is None:
-        finite = torch.isfinite(A)
+    xp = ops(state.slope)
+    a = xp.real(alpha, like=state.slope)
+    A = xp.real(outcome.slope, like=state.slope)
+    nan = xp.const(math.nan, A)
+    scale = xp.real(outcome.scale, like=A)
+    closure = outcome.lookahead_slope is not None
+    if not closure:
+        finite = xp.isfinite(A)
         accept = finite
-        rejected = torch.zeros_like(finite)
+        rejected = xp.const(False, state.pending)
         B = L0 = L1 = nan
     else:
         assert outcome.loss is not None and outcome.lookahead_loss is not None
-        B = outcome.lookahead_slope.to(dt)
-        L0, L1 = outcome.loss.to(dt), outcome.lookahead_loss.to(dt)
-        finite = (torch.isfinite(A) & torch.isfinite(B) & torch.isfinite(L0)
-                  & torch.isfinite(L1))
+        B = xp.real(outcome.lookahead_slope, like=A)
+        L0, L1 = xp.real(outcome.loss, like=A), xp.real(outcome.lookahead_loss, like=A)
+        finite = xp.isfinite(A) & xp.isfinite(B) & xp.isfinite(L0) & xp.isfinite(L1)
         increase = L1 > L0 if outcome.own_loss else A + B < 0
         rejected = finite & increase & options.reject
-        accept = finite & ~rejected
-    streak = torch.where(rejected, state.streak + 1, torch.zeros_like(state.streak))
+        accept = finite & xp.not_(rejected)
+    streak = xp.where(rejected, state.streak + 1, xp.const(0, state.streak))
     long = rejected & (streak >= GATED_STREAK)
-    cap = torch.where(long, torch.minimum(state.cap, GATED_RATCHET * a), state.cap)
-    new_alpha = torch.where(
-        ~finite, torch.clamp(a * GATED_NONFINITE, min=GATED_LR_MIN),
-        torch.where(long, torch.clamp(a * GATED_STREAK_FACTOR, min=GATED_LR_MIN), a))
-    new_alpha = torch.where(a == 0, a, new_alpha)
-    safeguard = torch.where(finite, int(Safeguard.LOSS_INCREASE), int(Safeguard.NONFINITE))
+    cap = xp.where(long, xp.minimum(state.cap, GATED_RATCHET * a), state.cap)
+    new_alpha = xp.where(
+        xp.not_(finite), xp.clamp(a * GATED_NONFINITE, lo=GATED_LR_MIN),
+        xp.where(long, xp.clamp(a * GATED_STREAK_FACTOR, lo=GATED_LR_MIN), a))
+    new_alpha = xp.where(a == 0, a, new_alpha)
+    safeguard = xp.where(finite, int(Safeguard.LOSS_INCREASE), int(Safeguard.NONFINITE))
     new_state = state._replace(
         pending=accept, slope=A, step=a * scale, cap=cap, streak=streak,
-        phase=torch.where(finite, state.phase, torch.full_like(state.phase, 2)))
-    closure = outcome.lookahead_slope is not None
+        phase=xp.where(finite, state.phase, 2))
     return new_state, Decision(
-        alpha=new_alpha.to(alpha.dtype), accept=accept,
-        safeguard=torch.full_like(state.updates, 0) + safeguard, report=~accept,
-        used_alpha=a, lookahead_slope=B, curvature=A - B if closure else nan, loss=L0,
-        lookahead_loss=L1)
+        alpha=xp.real(new_alpha, like=alpha), accept=accept, safeguard=safeguard,
+        report=xp.not_(accept), used_alpha=a, lookahead_slope=B,
+        curvature=A - B if closure else nan, loss=L0, lookahead_loss=L1)

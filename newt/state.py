@@ -7,10 +7,15 @@ the last decision that `newt.NewtOptimizer.last_stats` reports. It becomes
 a dict of tensors only in ``state_dict`` (loadable with
 ``torch.load(weights_only=True)``) and is rebuilt from one in
 ``load_state_dict``.
+
+Its scalars are Python numbers when the group's parameters are on the CPU (the
+host, where reading a value is free) and 0-d tensors on the parameters' device
+otherwise (`newt.scalars`); the ``state_dict`` form is the same for both.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -19,6 +24,7 @@ from torch import Tensor
 
 from newt import rule
 from newt.rule import Decision, GatedState, RuleState, Safeguard
+from newt.scalars import Scalar
 
 __all__ = ["FORMAT_VERSION", "GroupState", "Record", "check_shapes"]
 
@@ -29,16 +35,19 @@ FORMAT_VERSION = 2
 class Record(NamedTuple):
     """The last decision reported by `newt.NewtOptimizer.last_stats` (0-d tensors)."""
 
-    used_alpha: Tensor
-    lookahead_slope: Tensor
-    curvature: Tensor
-    loss: Tensor
-    lookahead_loss: Tensor
-    safeguard: Tensor
+    used_alpha: Scalar
+    lookahead_slope: Scalar
+    curvature: Scalar
+    loss: Scalar
+    lookahead_loss: Scalar
+    safeguard: Scalar
 
     @classmethod
-    def empty(cls, device: torch.device) -> Record:
-        nan = torch.full((), float("nan"), dtype=torch.float64, device=device)
+    def empty(cls, device: torch.device | None) -> Record:
+        """Nothing reported yet (host scalars for ``device=None``)."""
+        if device is None:
+            return cls(*(4 * [math.nan]), math.nan, int(Safeguard.FIRST_STEP))
+        nan = torch.full((), math.nan, dtype=torch.float64, device=device)
         return cls(nan, nan, nan, nan, nan,
                    torch.full((), int(Safeguard.FIRST_STEP), dtype=torch.int64, device=device))
 
@@ -46,9 +55,9 @@ class Record(NamedTuple):
         """This record, replaced by ``decision`` where the decision is to be reported."""
         new = Record(decision.used_alpha, decision.lookahead_slope, decision.curvature,
                      decision.loss, decision.lookahead_loss, decision.safeguard)
-        if decision.report.device.type == "cpu":  # a CPU read is free: no select needed
-            return Record(*(n.to(o.dtype) for n, o in zip(new, self, strict=True))) if bool(
-                decision.report) else self
+        if not isinstance(decision.report, Tensor):  # host scalars
+            return Record(*(float(x) for x in new[:5]), int(new.safeguard)) \
+                if decision.report else self
         return Record(*(torch.where(decision.report, n.to(o.dtype), o)
                         for n, o in zip(new, self, strict=True)))
 
@@ -61,33 +70,51 @@ class GroupState:
     """The controller's state."""
     record: Record
     """The last reported decision."""
-    alpha: Tensor | None = None
+    alpha: Scalar | None = None
     """The learned α while an LR scheduler owns ``group["lr"]`` (else α is ``group["lr"]``)."""
 
+    @property
+    def host(self) -> bool:
+        """The scalars are Python numbers (the group's parameters are on the CPU)."""
+        return not isinstance(self.rule.slope, Tensor)
+
+    @property
+    def device(self) -> torch.device:
+        """Where the scalars live (the CPU for host scalars)."""
+        slope = self.rule.slope
+        return slope.device if isinstance(slope, Tensor) else torch.device("cpu")
+
     @classmethod
-    def new(cls, device: torch.device, controller: str = "newton") -> GroupState:
-        """The state before the first step of ``controller`` (``"newton"`` or ``"gated"``)."""
+    def new(cls, device: torch.device | None, controller: str = "newton") -> GroupState:
+        """The state before the first step of ``controller`` (``"newton"`` or ``"gated"``),
+        of host scalars for ``device=None``, else of 0-d tensors on ``device``."""
         state = rule.gated_init(device) if controller == "gated" else rule.init(device)
         return cls(rule=state, record=Record.empty(device))
 
     def to_dict(self) -> dict[str, Any]:
         """Plain tensors keyed by field name (for ``state_dict``)."""
         out: dict[str, Any] = {
-            "rule": {k: v.clone() for k, v in self.rule._asdict().items()},
-            "record": {k: v.clone() for k, v in self.record._asdict().items()},
+            "rule": {k: _tensor(v) for k, v in self.rule._asdict().items()},
+            "record": {k: _tensor(v) for k, v in self.record._asdict().items()},
         }
         if self.alpha is not None:
-            out["alpha"] = self.alpha.clone()
+            out["alpha"] = _tensor(self.alpha)
         return out
 
     @classmethod
-    def from_dict(cls, state: dict[str, Any], device: torch.device, where: str) -> GroupState:
-        """Rebuild from `to_dict`'s output, on ``device``."""
+    def from_dict(cls, state: dict[str, Any], device: torch.device | None,
+                  where: str) -> GroupState:
+        """Rebuild from `to_dict`'s output: host scalars for ``device=None``, else 0-d
+        tensors on ``device``."""
+
+        def load(value: Tensor) -> Scalar:
+            return value.item() if device is None else value.to(device)
+
         try:
             kind = GatedState if "phase" in state["rule"] else RuleState
             rule_state: RuleState | GatedState = kind(
-                **{k: state["rule"][k].to(device) for k in kind._fields})
-            record = Record(**{k: state["record"][k].to(device) for k in Record._fields})
+                **{k: load(state["rule"][k]) for k in kind._fields})
+            record = Record(**{k: load(state["record"][k]) for k in Record._fields})
         except (KeyError, TypeError, AttributeError) as error:
             raise ValueError(
                 f"NewtOptimizer.load_state_dict: {where} has no valid newt state ({error!r}); "
@@ -95,7 +122,16 @@ class GroupState:
             ) from None
         alpha = state.get("alpha")
         return cls(rule=rule_state, record=record,
-                   alpha=None if alpha is None else alpha.to(device))
+                   alpha=None if alpha is None else load(alpha))
+
+
+def _tensor(value: Scalar) -> Tensor:
+    """A state value as the tensor ``state_dict`` stores (float64, int64 or bool)."""
+    if isinstance(value, Tensor):
+        return value.clone()
+    dtype = (torch.bool if isinstance(value, bool) else torch.int64 if isinstance(value, int)
+             else torch.float64)
+    return torch.tensor(value, dtype=dtype)
 
 
 def check_shapes(state_dict: dict[str, Any], param_groups: list[dict[str, Any]]) -> None:

@@ -160,7 +160,7 @@ def test_resume_mid_run_is_bit_exact(closure):
     assert first + rest == used  # bit-exact step sizes
     assert opt2.alphas == opt.alphas
     for x, y in zip(opt._states[0].rule, opt2._states[0].rule, strict=True):
-        assert torch.equal(x, y) or (x.isnan() & y.isnan()).all()
+        assert x == y or (x != x and y != y)  # host scalars (NaN == NaN counts)
     for p, q in zip(model.parameters(), model2.parameters(), strict=True):
         assert torch.equal(p, q)
 
