@@ -176,6 +176,13 @@ class NewtOptimizer(Optimizer):
         reuse_lookahead: with a deterministic closure (full batch), reuse the
             evaluation at $\theta_{t+1}$ as the next step's first one: one
             closure call per step instead of two.
+        interval: measure and update α on one step in ``interval`` (default 1: every
+            step). That step and the next read the inner products along its
+            displacement (the measured step also evaluates the lookahead in closure
+            mode); the steps between are the inner optimizer's own at the current α,
+            after a check that the gradients are finite (one read of them), and call a
+            closure once. newt's cost per step then falls towards that read, and α
+            adapts once per ``interval`` steps.
         foreach: use the multi-tensor kernels (default: on).
         process_group: a `torch.distributed` process group over which the ranks
             train one model (DDP, FSDP2, ZeRO-style shards): the losses are
@@ -240,6 +247,7 @@ class NewtOptimizer(Optimizer):
         *,
         preset: str = "default",
         reuse_lookahead: bool = False,
+        interval: int = 1,
         foreach: bool | None = None,
         process_group: Any = None,
         **options: Any,
@@ -257,7 +265,15 @@ class NewtOptimizer(Optimizer):
                             "False")
         if foreach is not None and not isinstance(foreach, bool):
             raise TypeError(f"NewtOptimizer(foreach={foreach!r}): pass True, False or None")
+        if isinstance(interval, bool) or not isinstance(interval, numbers.Integral):
+            raise TypeError(f"NewtOptimizer(interval={interval!r}): pass a whole number of "
+                            "steps, e.g. interval=8")
+        if interval < 1:
+            raise ValueError(f"NewtOptimizer(interval={interval}): must be ≥ 1 (1: measure "
+                             "and update α at every step)")
         self.inner = inner
+        self.interval = int(interval)
+        self._steps = 0
         self.reuse_lookahead = reuse_lookahead
         self.foreach = True if foreach is None else foreach
         self.process_group = D.resolve_process_group(process_group)
@@ -354,6 +370,7 @@ class NewtOptimizer(Optimizer):
     def __getstate__(self) -> dict[str, Any]:
         state = super().__getstate__()
         state.update(inner=self.inner, reuse_lookahead=self.reuse_lookahead,
+                     interval=self.interval, _steps=self._steps,
                      foreach=self.foreach, _options=self._options, _states=self._states)
         return state
 
@@ -366,6 +383,8 @@ class NewtOptimizer(Optimizer):
         self.__dict__.setdefault("_warned_unreduced", False)
         self.__dict__.setdefault("_last_lookahead_loss", None)
         self.__dict__.setdefault("_host_scalars", None)
+        self.__dict__.setdefault("interval", 1)
+        self.__dict__.setdefault("_steps", 0)
         self.param_groups = self.inner.param_groups
 
     def _host(self, device: torch.device) -> bool:
@@ -488,7 +507,7 @@ class NewtOptimizer(Optimizer):
         """newt's state (snapshots, per-group records) plus ``"inner"``."""
         state = super().state_dict()
         state["inner"] = self.inner.state_dict()
-        state[NEWT_KEY] = {"version": FORMAT_VERSION,
+        state[NEWT_KEY] = {"version": FORMAT_VERSION, "steps": self._steps,
                            "groups": [None if (s := self._state_of(i)) is None else s.to_dict()
                                       for i in range(len(self.param_groups))]}
         return state
@@ -525,6 +544,7 @@ class NewtOptimizer(Optimizer):
             self._states.append(None if entry is None else GroupState.from_dict(
                 entry, None if self._host(device) else device, f"param_groups[{i}]"))
         self._reuse = None
+        self._steps = int(saved.get("steps", 0))
 
     # ------------------------------------------------------------------ inspection
     def last_stats(self) -> list[NewtStats | None]:
@@ -694,7 +714,7 @@ class NewtOptimizer(Optimizer):
     # `step` runs them in order; a loop that calls the inner optimizer itself (the seed's
     # API, `newt.Newt`) calls them around its own inner step.
     @torch.no_grad()
-    def before_inner_step(self) -> bool:
+    def before_inner_step(self, *, _refresh: bool = True) -> bool:
         """Probe at θ_t, with the gradients in ``.grad``: α_t of every group, θ_t recorded.
 
         For each group the fresh slope $B = \\langle\nabla L(\theta_t), d_{t-1}\rangle$ of
@@ -706,7 +726,7 @@ class NewtOptimizer(Optimizer):
         # With nothing pending s = θ_t already and B = ⟨g, 0⟩: NaN iff g is not finite.
         # With a process group the sum over the ranks is NaN if any rank's is.
         active, probes = self._everywhere(
-            active, [self._inner_product(a, a.grads(), refresh=True) for a in active])
+            active, [self._inner_product(a, a.grads(), refresh=_refresh) for a in active])
         flags: list[Scalar] = []
         for a, fresh in zip(active, probes, strict=True):
             host = a.state.host
@@ -838,6 +858,14 @@ class NewtOptimizer(Optimizer):
             The loss at $\theta_t$ returned by the closure (detached; averaged over the
             ranks when a ``process_group`` is given), or ``None``.
         """
+        if closure is not None and not callable(closure):
+            raise TypeError(
+                f"NewtOptimizer.step(closure=...) must be callable, got {type(closure).__name__}"
+            )
+        cycle = self._steps % self.interval
+        self._steps += 1
+        if cycle:  # between measurements (interval > 1): one evaluation, the inner step
+            return self._light_step(closure, probe=cycle == 1)
         if closure is None:
             self._reuse = None
             self._check_closure_free()
@@ -845,10 +873,6 @@ class NewtOptimizer(Optimizer):
                 self._inner_step()
             self.after_inner_step(lookahead=False)
             return None
-        if not callable(closure):
-            raise TypeError(
-                f"NewtOptimizer.step(closure=...) must be callable, got {type(closure).__name__}"
-            )
         loss = self._cached_loss(closure)
         self._reuse = None
         saved = None  # the model state before the step (newt.lookahead)
@@ -884,6 +908,42 @@ class NewtOptimizer(Optimizer):
             # θ_{t+1} was kept: its loss and gradients are the next step's first evaluation.
             self._reuse = (closure, self._last_lookahead_loss, self._versions())
         return loss.detach()
+
+    def _light_step(self, closure: Callable[[], Any] | None, probe: bool) -> Any:
+        r"""A step between two measurements (``interval`` > 1): the inner step at the current α.
+
+        With ``probe`` (the step right after a measured one) the fresh slope
+        $B = \langle\nabla L(\theta_{t+1}), d_t\rangle$ of the measured step is read first
+        and updates α (`newt.rule.before_step`), the snapshot kept; otherwise only the
+        gradients' finiteness is checked (one read of them). A non-finite gradient skips
+        the inner step on the host; on a device it is zeroed (no host read), so the inner
+        step moves by its momentum only.
+        """
+        loss = None
+        if closure is not None:
+            loss = self._cached_loss(closure)
+            self._reuse = None
+            if loss is None:
+                loss = self._mean_loss(self._evaluate(closure))
+            if not math.isfinite(float(loss)):
+                return loss.detach()
+        if probe:
+            taken = self.before_inner_step(_refresh=False)
+            self._in_progress = None
+        else:
+            grads = [p.grad for g in self.param_groups for p in g["params"]
+                     if p.grad is not None and p.requires_grad]
+            finite = F.all_finite([D.local_tensor(g) for g in grads])
+            if self.process_group is not None:
+                _, _, flags = D.reduce_phase(all_true=[finite], process_group=self.process_group)
+                finite = flags[0]
+            host = not grads or self._host(grads[0].device)
+            taken = bool(finite) if host else True
+            if not host:
+                F.zero_where(finite.to(grads[0].device), grads)
+        if taken:
+            self._inner_step()
+        return None if loss is None else loss.detach()
 
     def _check_closure_free(self) -> None:
         for index, group in enumerate(self.param_groups):
