@@ -49,7 +49,10 @@ from torch import Tensor, nn
 
 import newt
 
-__all__ = ["live_bytes", "main", "peak_step_bytes"]
+__all__ = ["INTERVAL", "live_bytes", "main", "peak_step_bytes"]
+
+INTERVAL = 8
+"""The ``interval`` of the amortised rows (α measured on one step in 8)."""
 
 
 # ---------------------------------------------------------------- memory
@@ -186,7 +189,7 @@ class _OwnWork:
     def step(self) -> tuple[float, float]:
         """One step; returns (newt's own seconds, inner step seconds)."""
         self.inner_timer.seconds = self.closure.seconds = 0.0
-        if self.mode == "free":
+        if self.mode.startswith("free"):
             self.closure()  # the user's forward and backward, outside newt's step
             self.closure.seconds = 0.0
             start = _clock()
@@ -211,10 +214,11 @@ def own_work(steps: int, repeats: int, tensor_lr: bool, width: int = 1600,
     nn.functional.mse_loss(plain_model(x), y).backward()
 
     variants: dict[str, _OwnWork] = {}
-    for mode in ("closure", "reuse", "free"):
+    for mode in ("closure", "reuse", "free", f"free_k{INTERVAL}"):
         model = copy.deepcopy(base)
         opt = newt.NewtOptimizer(_adam(model.parameters(), tensor_lr),
-                                 reuse_lookahead=mode == "reuse")
+                                 reuse_lookahead=mode == "reuse",
+                                 interval=INTERVAL if mode.endswith(f"k{INTERVAL}") else 1)
         variants[mode] = _OwnWork(model, opt, mode, x, y)
 
     def time_plain() -> float:
@@ -228,14 +232,17 @@ def own_work(steps: int, repeats: int, tensor_lr: bool, width: int = 1600,
     inner_times: dict[str, list[float]] = {m: [] for m in variants}
 
     def time_newt(mode: str) -> Callable[[], float]:
+        cycle = mode.endswith(f"k{INTERVAL}")  # the mean over a whole cycle of the interval
+        average = statistics.fmean if cycle else statistics.median
+
         def run() -> float:
             own, inner = [], []
-            for _ in range(steps):
+            for _ in range(INTERVAL if cycle else steps):
                 o, i = variants[mode].step()
                 own.append(o)
                 inner.append(i)
-            inner_times[mode].append(statistics.median(inner))
-            return statistics.median(own)
+            inner_times[mode].append(average(inner))
+            return average(own)
         return run
 
     for v in variants.values():  # warm up: states exist, the first Newton step is done
@@ -265,7 +272,7 @@ def own_work(steps: int, repeats: int, tensor_lr: bool, width: int = 1600,
     plain_peak = peak_step_bytes(plain_step, plain_model, [plain])
     for row in rows:
         v = variants[row["mode"]]
-        if v.mode == "free":
+        if v.mode.startswith("free"):
             def step(v: _OwnWork = v) -> None:
                 v.closure()
                 v.opt.step()
@@ -278,81 +285,146 @@ def own_work(steps: int, repeats: int, tensor_lr: bool, width: int = 1600,
     return rows, n_params
 
 
-# ---------------------------------------------------------------- 2. whole steps, digits models
-def whole_steps(problem_name: str, steps: int, repeats: int,
-                tensor_lr: bool) -> list[dict[str, Any]]:
-    """Whole training steps: newt(Adam) ÷ the plain step with the same evaluations."""
+# ---------------------------------------------------------------- 2. whole training steps
+@dataclass
+class _Workload:
+    """A model, its loss on a batch and a few fixed batches."""
+
+    name: str
+    init: Callable[[], nn.Module]
+    loss: Callable[[nn.Module, Any], Tensor]
+    batches: list[Any]
+
+
+def _workload(name: str) -> _Workload:
+    if name == "mlp_10m":  # 4 × Linear(1600, 1600), batch 32 (10.2M parameters)
+        gen = torch.Generator().manual_seed(0)
+        data = [(torch.randn(32, 1600, generator=gen), torch.randn(32, 1600, generator=gen))
+                for _ in range(4)]
+
+        def init() -> nn.Module:
+            torch.manual_seed(0)
+            return nn.Sequential(*[nn.Linear(1600, 1600) for _ in range(4)])
+
+        return _Workload(name, init, lambda m, b: nn.functional.mse_loss(m(b[0]), b[1]), data)
     from newt.problems import get_problem
 
-    problem = get_problem(problem_name)
+    problem = get_problem(name)
     batches_iter = problem.batches(0)
-    batches = [next(batches_iter) for _ in range(8)]
-    base = problem.init(0)
+    return _Workload(name, lambda: problem.init(0), problem.loss,
+                     [next(batches_iter) for _ in range(8)])
 
-    def build(wrap: str | None) -> tuple[nn.Module, torch.optim.Optimizer]:
+
+def _inner(name: str, params: Any, tensor_lr: bool) -> torch.optim.Optimizer:
+    if name == "Adam":
+        return _adam(params, tensor_lr)
+    if name == "SGD":
+        return torch.optim.SGD(params, lr=torch.tensor(1e-2) if tensor_lr else 1e-2)
+    if name == "Prodigy":
+        from prodigyopt import Prodigy  # the benchmark extra
+
+        return Prodigy(params, lr=1.0)
+    if name == "SF-AdamW":
+        from schedulefree import AdamWScheduleFree
+
+        opt = AdamWScheduleFree(params, lr=1e-3)
+        opt.train()
+        return opt
+    raise ValueError(name)
+
+
+# name → (optimizer, newt's keyword arguments or None, step mode, baseline name)
+# modes: "free" (one evaluation, step()), "closure" (step(closure)), "2eval" (two
+# evaluations, then step(): what a closure step of newt evaluates)
+_VARIANTS: dict[str, tuple[str, dict[str, Any] | None, str, str | None]] = {
+    "plain": ("inner", None, "free", None),
+    "plain_2eval": ("inner", None, "2eval", None),
+    "newt": ("inner", {}, "free", "plain"),
+    f"newt_k{INTERVAL}": ("inner", {"interval": INTERVAL}, "free", "plain"),
+    "newt_closure": ("inner", {}, "closure", "plain_2eval"),
+    f"newt_closure_k{INTERVAL}": ("inner", {"interval": INTERVAL}, "closure", "plain"),
+    "Prodigy": ("Prodigy", None, "free", "plain"),
+    "SF-AdamW": ("SF-AdamW", None, "free", "plain"),
+}
+_LABELS = {
+    "newt": "closure-free newt ÷ inner step",
+    f"newt_k{INTERVAL}": f"closure-free newt, interval={INTERVAL} ÷ inner step",
+    "newt_closure": "closure newt ÷ 2 evals + inner step",
+    f"newt_closure_k{INTERVAL}": f"closure newt, interval={INTERVAL} ÷ 1 eval + inner step",
+    "Prodigy": "Prodigy ÷ Adam step",
+    "SF-AdamW": "Schedule-Free AdamW ÷ Adam step",
+}
+
+
+def whole_steps(workload_name: str, inner: str, steps: int, repeats: int,
+                tensor_lr: bool) -> list[dict[str, Any]]:
+    """Whole training steps (forward, backward, step) of every variant, interleaved;
+    each ratio is against the plain step with the evaluations its comparison names."""
+    work = _workload(workload_name)
+    base = work.init()
+    names = [n for n, (opt, _, _, _) in _VARIANTS.items()
+             if opt == "inner" or inner == "Adam"]  # the peers are Adam-like
+
+    setups: dict[str, tuple[nn.Module, torch.optim.Optimizer, str]] = {}
+    for name in names:
+        which, kwargs, mode, _ = _VARIANTS[name]
         model = copy.deepcopy(base)
-        inner = _adam(model.parameters(), tensor_lr)
-        return model, (inner if wrap is None else newt.NewtOptimizer(inner))
-
-    setups = {name: build(None if name.startswith("adam") else name)
-              for name in ("adam", "adam_2eval", "free", "closure")}
+        opt = _inner(inner if which == "inner" else which, model.parameters(), tensor_lr)
+        if kwargs is not None:
+            opt = newt.NewtOptimizer(opt, **kwargs)
+        setups[name] = (model, opt, mode)
     counters = dict.fromkeys(setups, 0)
 
     def one_step(name: str) -> None:
-        model, opt = setups[name]
-        batch = batches[counters[name] % len(batches)]
+        model, opt, mode = setups[name]
+        batch = work.batches[counters[name] % len(work.batches)]
         counters[name] += 1
 
         def closure() -> Tensor:
             opt.zero_grad()
-            loss = problem.loss(model, batch)
+            loss = work.loss(model, batch)
             loss.backward()
             return loss
 
-        if name == "closure":
+        if mode == "closure":
             opt.step(closure)
-        elif name == "adam_2eval":
+            return
+        closure()
+        if mode == "2eval":
             closure()
-            closure()
-            opt.step()
-        else:
-            closure()
-            opt.step()
+        opt.step()
 
     def timer(name: str) -> Callable[[], float]:
         def run() -> float:
-            times = []
-            for _ in range(steps):
-                start = _clock()
+            start = _clock()
+            for _ in range(steps):  # a multiple of INTERVAL: whole cycles
                 one_step(name)
-                times.append(_clock() - start)
-            return statistics.median(times)
+            return (_clock() - start) / steps
         return run
 
-    for name in setups:  # warm up
-        for _ in range(5):
+    for name in setups:  # warm up: states exist, α has moved
+        for _ in range(2 * INTERVAL):
             one_step(name)
     results = _interleave({name: timer(name) for name in setups}, repeats)
 
     def peak(name: str) -> float | None:
-        model, opt = setups[name]
+        model, opt, _ = setups[name]
         opts = [opt] + ([opt.inner] if isinstance(opt, newt.NewtOptimizer) else [])
         return peak_step_bytes(lambda: one_step(name), model, opts)
 
     peaks = {name: peak(name) for name in setups}
     rows = []
-    comparisons = (("free", "adam", "closure-free newt(Adam) ÷ Adam"),
-                   ("closure", "adam_2eval", "closure newt(Adam) ÷ 2 evals + Adam"))
-    for name, base_name, label in comparisons:
+    for name in names:
+        base_name = _VARIANTS[name][3]
+        if base_name is None:
+            continue
         ratios = [a / b for a, b in zip(results[name], results[base_name], strict=True)]
         p, q = peaks[name], peaks[base_name]
         rows.append({
-            "problem": problem_name,
-            "comparison": label,
+            "problem": workload_name, "inner": inner, "comparison": _LABELS[name],
             "newt_us": statistics.median(results[name]) * 1e6,
             "base_us": statistics.median(results[base_name]) * 1e6,
-            "ratio": statistics.median(ratios),
-            "iqr": _iqr(ratios),
+            "ratio": statistics.median(ratios), "iqr": _iqr(ratios),
             "memory": None if p is None or q is None else p / q,
         })
     return rows
@@ -379,7 +451,7 @@ def main(argv: list[str] | None = None) -> None:
     _clock = time.process_time if args.clock == "cpu" else time.perf_counter
     torch.set_num_threads(args.threads)
     big_steps, big_repeats = (3, 5) if args.quick else (5, 15)
-    small_steps, small_repeats = (20, 7) if args.quick else (50, 21)
+    small_steps, small_repeats = (3 * INTERVAL, 7) if args.quick else (6 * INTERVAL, 21)
 
     print(f"# newt overhead ({datetime.date.today().isoformat()})\n")
     print(f"- command: `python -m benchmarks.overhead{' --quick' if args.quick else ''}"
@@ -395,7 +467,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.only != "steps":
         _print_own_work(*own_work(big_steps, big_repeats, args.tensor_lr))
     if args.only != "own":
-        _print_whole_steps(small_steps, small_repeats, args.tensor_lr)
+        _print_whole_steps(small_steps, small_repeats, 2 * INTERVAL,
+                           5 if args.quick else 11, args.tensor_lr)
 
 
 def _print_own_work(rows: list[dict[str, Any]], n_params: int) -> None:
@@ -410,15 +483,23 @@ def _print_own_work(rows: list[dict[str, Any]], n_params: int) -> None:
     print()
 
 
-def _print_whole_steps(small_steps: int, small_repeats: int, tensor_lr: bool) -> None:
-    print("## Whole training steps, digits (batch 128)\n")
-    print("| problem | comparison | newt step (µs) | baseline step (µs) | ratio (IQR) "
+def _print_whole_steps(small_steps: int, small_repeats: int, big_steps: int,
+                       big_repeats: int, tensor_lr: bool) -> None:
+    print("## Whole training steps\n")
+    print("Per-step time over whole cycles of the interval, each ratio against the plain "
+          "step with the evaluations it names, interleaved in this process.\n")
+    print("| problem | inner | comparison | step (µs) | baseline step (µs) | ratio (IQR) "
           "| peak memory ratio |")
-    print("|---|---|---|---|---|---|")
-    for name in ("digits_mlp", "digits_cnn"):
-        for r in whole_steps(name, small_steps, small_repeats, tensor_lr):
-            print(f"| {r['problem']} | {r['comparison']} | {r['newt_us']:.0f} | {r['base_us']:.0f} "
-                  f"| {r['ratio']:.3f} ({r['iqr']}) | {_fmt(r['memory'], 3)} |")
+    print("|---|---|---|---|---|---|---|")
+    for name in ("digits_mlp", "digits_cnn", "mlp_10m"):
+        steps, repeats = (big_steps, big_repeats) if name == "mlp_10m" else (
+            small_steps, small_repeats)
+        for inner in ("Adam", "SGD"):
+            for r in whole_steps(name, inner, steps, repeats, tensor_lr):
+                print(f"| {r['problem']} | {r['inner']} | {r['comparison']} | "
+                      f"{r['newt_us']:.0f} | {r['base_us']:.0f} | {r['ratio']:.3f} ({r['iqr']}) "
+                      f"| {_fmt(r['memory'], 3)} |")
+    print()
 
 
 if __name__ == "__main__":

@@ -267,10 +267,16 @@ def zero_where(keep: bool | Tensor, tensors: Sequence[Tensor | None]) -> None:
 def all_finite(tensors: Sequence[Tensor | None]) -> Tensor:
     """A 0-d bool tensor: no NaN or inf in any of ``tensors`` (``None`` entries are skipped).
 
-    One read pass (the max-abs norm of each tensor); no host sync.
+    One read pass: the sum of every tensor (half precision summed in float32). A sum is
+    non-finite if any term is; a sum that overflows a finite tensor counts as non-finite
+    too (conservative). No host sync. (``_foreach_norm(..., inf)`` would be exact but is
+    a slow per-tensor loop on the CPU: 28 ms against 1.5 ms on 10M parameters here.)
     """
     present = [t for t in tensors if t is not None and t.numel()]  # an empty shard is finite
     if not present:
         return torch.ones((), dtype=torch.bool)
-    norms = torch._foreach_norm(present, float("inf"))
-    return torch.isfinite(torch.stack([n.to(norms[0].device) for n in norms])).all()
+    device = present[0].device
+    sums = [_real(t).sum(dtype=_accumulation_dtype(_real(t).dtype)) for t in present]
+    if any(x.dtype != sums[0].dtype or x.device != device for x in sums):
+        sums = [x.to(device, torch.float64) for x in sums]
+    return torch.isfinite(torch.stack(sums).sum())
