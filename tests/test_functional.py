@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -197,3 +199,22 @@ def test_refreshing_snapshots_in_the_same_pass_changes_nothing_else(foreach, chu
     torch.testing.assert_close(fused, expected, rtol=1e-6, atol=1e-6)
     for s, p in zip(snapshots, params, strict=True):  # every snapshot, with a gradient or not
         assert torch.equal(s, p)
+
+
+@pytest.mark.parametrize("chunk", [1 << 18, 4], ids=["one-piece", "per-tensor"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.complex64])
+@pytest.mark.parametrize("bad", [None, math.nan, math.inf, -math.inf])
+def test_all_finite_flags_any_nonfinite_entry(chunk, dtype, bad, monkeypatch):
+    monkeypatch.setattr(F, "CHUNK", chunk)
+    tensors = [torch.ones(3, 2, dtype=dtype), None, torch.zeros(0, dtype=dtype),
+               torch.full((5,), -2.0, dtype=dtype)]
+    if bad is not None:
+        tensors[3][4] = bad
+    assert bool(F.all_finite(tensors)) is (bad is None)
+
+
+def test_all_finite_mixed_dtypes_and_overflow_is_conservative():
+    assert bool(F.all_finite([torch.ones(2, dtype=torch.float64), torch.ones(3)]))
+    assert not bool(F.all_finite([torch.ones(2), torch.tensor([math.nan], dtype=torch.float64)]))
+    big = torch.full((4,), 3e38)  # finite entries whose sum overflows float32
+    assert not bool(F.all_finite([big]))
