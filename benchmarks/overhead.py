@@ -219,11 +219,13 @@ def own_work(steps: int, repeats: int, tensor_lr: bool, width: int = 1600,
     nn.functional.mse_loss(plain_model(x), y).backward()
 
     variants: dict[str, _OwnWork] = {}
-    for mode in ("closure", "reuse", "free", f"free_k{INTERVAL}"):
+    modes = ["closure", "reuse", "free"] + ([f"free_k{INTERVAL}"] if INTERVAL > 1 else [])
+    for mode in modes:
         model = copy.deepcopy(base)
         opt = newt.NewtOptimizer(_adam(model.parameters(), tensor_lr),
                                  reuse_lookahead=mode == "reuse",
-                                 interval=INTERVAL if mode.endswith(f"k{INTERVAL}") else 1)
+                                 **({"interval": INTERVAL} if mode.endswith(f"k{INTERVAL}")
+                                    else {}))
         variants[mode] = _OwnWork(model, opt, mode, x, y)
 
     def time_plain() -> float:
@@ -343,7 +345,7 @@ def _variants(k: int) -> dict[str, tuple[str, dict[str, Any] | None, str, str | 
 
     Modes: "free" (one evaluation, step()), "closure" (step(closure)), "2eval" (two
     evaluations, then step(): what a closure step of newt evaluates)."""
-    return {
+    variants: dict[str, tuple[str, dict[str, Any] | None, str, str | None]] = {
         "plain": ("inner", None, "free", None),
         "plain_2eval": ("inner", None, "2eval", None),
         "newt": ("inner", {}, "free", "plain"),
@@ -353,6 +355,9 @@ def _variants(k: int) -> dict[str, tuple[str, dict[str, Any] | None, str, str | 
         "Prodigy": ("Prodigy", None, "free", "plain"),
         "SF-AdamW": ("SF-AdamW", None, "free", "plain"),
     }
+    if k == 1:  # no amortised rows (also what runs on a newt without `interval`)
+        del variants["newt_k1"], variants["newt_closure_k1"]
+    return variants
 
 
 def _label(name: str) -> str:
@@ -450,6 +455,7 @@ def _fmt(x: float | None, digits: int = 2) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
+    global _clock, INTERVAL
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer repeats (noisier)")
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
@@ -463,7 +469,6 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--only", choices=("own", "steps"), default=None,
                         help="run only the 10M-parameter own-work part or the digits steps")
     args = parser.parse_args(argv)
-    global _clock, INTERVAL
     INTERVAL = args.interval
     _VARIANTS.clear()
     _VARIANTS.update(_variants(INTERVAL))
