@@ -381,6 +381,16 @@ class Gate(Controller):
     brake_factor: float = 0.5
     rho_rel: bool = False  # phase 1 stops at rho_stop × the initial ratio ρ₀
     kg: float = -math.inf  # grow only when the shifted slope is kg s.d. above 0
+    prime: float = 0.0  # > 0 (H9a): the ratchet's cap starts at prime × the α where phase 1 ended
+    overshoot: float = -math.inf  # H9b: a per-step fresh ratio ρ = B/A below this is an overshoot
+    overshoot_shrink: float = 0.5  # … then α ← shrink·α (≤ 0: α/(1 − ρ), the event's line minimum)
+    overshoot_cap: float = 0.9  # … and the ratchet's cap ← min(cap, overshoot_cap × α)
+    overshoot_lag: bool = False  # … α ← min(α, ᾱ_lag) instead, the EMA (β) of log α
+    overshoot_cap_lag: bool = False  # … and the cap ← min(cap, ᾱ_lag) instead
+    overshoot_scaled: bool = False  # the threshold is overshoot / (1 − β₁)
+    overshoot_power: bool = False  # the shrink is applied to the power 1 − β₁
+    overshoot_fix: bool = False  # after the overshoot, gated decreases no longer lower the cap
+    overshoot_once: bool = True  # only the first overshoot of the run acts
     curvature: str = "auto"  # "auto": same-batch in closure mode; "fresh": always A − B
     reject: bool = False
     backoff: float = 0.7
@@ -401,6 +411,12 @@ class Gate(Controller):
               and s["step"] > 0):
             step, A, B = s["step"], s["A"], obs.slope
             same = s["closure"] and self.curvature == "auto"
+            # the α the averages were formed at: bias-corrected EMA of log α (H9)
+            lag = s["alpha"]
+            if self.overshoot_lag or self.overshoot_cap_lag:
+                _Ema.update(s, "la", math.log(s["alpha"]), self.beta)
+                s["nl"] = s.get("nl", 0.0) + 1
+                lag = math.exp(_Ema.mean(s, "la", self.beta, "nl"))
             rho = s["rs"] if same else B / A
             if self.rho_rel and s["phase"] == 1.0:
                 # ρ(α) ≈ ρ₀(1 − α/α*) on a noisy quadratic (ρ₀ = the gradient's signal
@@ -420,6 +436,8 @@ class Gate(Controller):
             if s["phase"] == 1.0 and grow:
                 s["alpha"] = min(s["alpha"] * self.g1, self.lr_max)
             else:
+                if s["phase"] == 1.0 and self.prime > 0:
+                    s["ceiling"] = self.prime * s["alpha"]
                 s["phase"] = 2.0
                 C = s["Cs"] if same else A - B
                 b, a, c = B / step, A / step, C / step**2
@@ -451,13 +469,28 @@ class Gate(Controller):
                 if self.ratchet > 0:
                     # a significant decrease marks an overshoot: cap later growth below it
                     ceiling = s.get("ceiling", math.inf) * self.relax
-                    if f < 1 and shifted < -self.ratchet_k * sd:
+                    if (f < 1 and shifted < -self.ratchet_k * sd
+                            and not (self.overshoot_fix and s.get("shot"))):
                         ceiling = min(ceiling, self.ratchet * s["alpha"])
                     s["ceiling"] = ceiling
                     if f > 1:
                         new = min(new, max(ceiling, s["alpha"]))
                 if self.creep > 0 and s["n"] > self.creep_after:
                     new = min(new, s["alpha"] * self.creep)  # slow growth once the scale is known
+                limit = self.overshoot / (1 - self.momentum if self.overshoot_scaled else 1)
+                if B / A < limit and not (self.overshoot_once and s.get("shot")):
+                    # the step went past the fresh batch's line minimum by more than 2×
+                    # (ρ < −1 on a quadratic): remember it as a cap, and step back
+                    s["shot"] = 1.0
+                    s["ceiling"] = min(s.get("ceiling", math.inf),
+                                       lag if self.overshoot_cap_lag
+                                       else self.overshoot_cap * s["alpha"])
+                    shrink = (self.overshoot_shrink if self.overshoot_shrink > 0
+                              else 1 / (1 - B / A))
+                    target = lag if self.overshoot_lag else shrink * s["alpha"]
+                    if self.overshoot_power:
+                        target = s["alpha"] * (target / s["alpha"]) ** (1 - self.momentum)
+                    new = min(new, target)
                 if self.floor > 0:
                     # the brake may undo at most a factor 1/floor of the largest α reached
                     s["peak"] = max(s.get("peak", 0.0), s["alpha"])
@@ -496,6 +529,28 @@ REC = replace(REC_V2, name="rec", streak=3, streak_cap=True, streak_factor=0.9)
 CONTROLLERS: dict[str, Controller] = {
     "rec": REC,
     "rec_v1": REC_V1,
+    "rec_p8": replace(REC, name="rec_p8", prime=8.0),
+    "rec_o1": replace(REC, name="rec_o1", overshoot=-1.0),
+    "rec_o1l": replace(REC, name="rec_o1l", overshoot=-1.0, overshoot_shrink=0.0),
+    "rec_o1c5": replace(REC, name="rec_o1c5", overshoot=-1.0, overshoot_cap=0.5),
+    "rec_o1n": replace(REC, name="rec_o1n", overshoot=-1.0, overshoot_shrink=1.0),
+    "rec_o1n5": replace(REC, name="rec_o1n5", overshoot=-1.0, overshoot_shrink=1.0,
+                        overshoot_cap=0.5),
+    "rec_o1s7": replace(REC, name="rec_o1s7", overshoot=-1.0, overshoot_shrink=0.7),
+    "rec_o1g": replace(REC, name="rec_o1g", overshoot=-1.0, overshoot_lag=True),
+    "rec_o1gg": replace(REC, name="rec_o1gg", overshoot=-1.0, overshoot_lag=True,
+                        overshoot_cap_lag=True),
+    "rec_o1gf": replace(REC, name="rec_o1gf", overshoot=-1.0, overshoot_lag=True,
+                        overshoot_fix=True),
+    "rec_o1f": replace(REC, name="rec_o1f", overshoot=-1.0, overshoot_fix=True),
+    "rec_o1gm": replace(REC, name="rec_o1gm", overshoot=-1.0, overshoot_lag=True,
+                        overshoot_scaled=True),
+    "rec_o1m": replace(REC, name="rec_o1m", overshoot=-1.0, overshoot_scaled=True),
+    "rec_o1gp": replace(REC, name="rec_o1gp", overshoot=-1.0, overshoot_lag=True,
+                        overshoot_scaled=True, overshoot_power=True),
+    "rec_o1a": replace(REC, name="rec_o1a", overshoot=-1.0, overshoot_once=False),
+    "rec_o1la": replace(REC, name="rec_o1la", overshoot=-1.0, overshoot_shrink=0.0,
+                        overshoot_once=False),
     "rec_k5": replace(REC, name="rec_k5", ratchet_k=5.0),
     "rec_k8": replace(REC, name="rec_k8", ratchet_k=8.0),
     "rec_u": replace(REC, name="rec_u", uncompensated=True),
