@@ -1,8 +1,11 @@
 r"""The step-size rule: a Newton step on α and the safeguards around it.
 
-All functions here are pure functions of a few scalar tensors, written with
-``torch.where`` and clamps instead of Python ``if``, so they never force a
-device-to-host synchronisation and compile with ``torch.compile(fullgraph=True)``.
+All functions here are pure functions of a few scalars, written against the
+operations of `newt.scalars` (``where`` and clamps instead of Python ``if``).
+Called with Python floats (the host path, for parameters on the CPU) they run as
+plain Python; called with 0-d tensors they never force a device-to-host
+synchronisation and compile with ``torch.compile(fullgraph=True)``. The two give
+the same decisions to rounding (``tests/test_scalars.py``).
 
 Notation (one parameter group, one step). The inner optimizer moves the
 parameters by the displacement $d = \theta_t - \theta_{t+1} = \alpha_t u_t$.
