@@ -130,3 +130,28 @@ def test_bad_interval_is_refused(bad, error):
     w = torch.nn.Parameter(torch.zeros(2))
     with pytest.raises(error, match="interval"):
         newt.NewtOptimizer(torch.optim.SGD([w], lr=0.1), interval=bad)
+
+
+def test_reuse_lookahead_feeds_the_step_after_a_measured_one():
+    torch.manual_seed(0)
+    a = torch.randn(6, 6, dtype=torch.float64)
+    a = a @ a.T + torch.eye(6, dtype=torch.float64)
+    w = torch.nn.Parameter(torch.ones(6, dtype=torch.float64))
+    opt = newt.NewtOptimizer(torch.optim.SGD([w], lr=1e-3), reuse_lookahead=True, interval=3)
+    calls = [0]
+
+    def closure():
+        calls[0] += 1
+        opt.zero_grad()
+        loss = 0.5 * w @ a @ w
+        loss.backward()
+        return loss
+
+    per_step, losses = [], []
+    for _ in range(9):
+        before = calls[0]
+        losses.append(float(opt.step(closure)))
+        per_step.append(calls[0] - before)
+    # measured step: θ_t and the lookahead; the probe step reuses the lookahead; then one
+    assert per_step == [2, 0, 1] * 3
+    assert losses[-1] < 0.5 * losses[0]
