@@ -231,7 +231,7 @@ def copy_snapshot(snapshots: Sequence[Tensor], params: Sequence[Tensor], *,
 
 def nothing_to_undo(keep: bool | Tensor) -> bool:
     """True when ``keep`` is the Python bool ``True``; a tensor flag is never read."""
-    return keep is True or (not isinstance(keep, Tensor) and bool(keep))
+    return not isinstance(keep, Tensor) and bool(keep)
 
 
 def restore_where(keep: bool | Tensor, params: Sequence[Tensor],

@@ -99,13 +99,10 @@ def _value(x: Tensor, host: bool) -> Scalar:
 
 
 def _all(flags: list[Scalar]) -> Tensor:
-    """The AND of per-group flags as one 0-d tensor (no host read)."""
-    tensors = [f for f in flags if isinstance(f, Tensor)]
-    out = tensors[0]
-    for f in tensors[1:]:
-        out = out & f.to(out.device)
-    if not all(flags[i] for i in range(len(flags)) if not isinstance(flags[i], Tensor)):
-        out = torch.zeros_like(out)
+    """The AND of per-group flags (bools or 0-d tensors) as one 0-d tensor (no host read)."""
+    out = next(f for f in flags if isinstance(f, Tensor))
+    for f in flags:
+        out = out & (f.to(out.device) if isinstance(f, Tensor) else f)
     return out
 
 
@@ -447,10 +444,7 @@ class NewtOptimizer(Optimizer):
         if self._scheduled(group):
             state.alpha = alpha if state.host else alpha.double()
         elif isinstance(group["lr"], Tensor):
-            if isinstance(alpha, Tensor):
-                group["lr"].copy_(alpha)  # no host sync
-            else:
-                group["lr"].fill_(alpha)
+            group["lr"].fill_(alpha)  # a device tensor α is copied on the device: no host sync
         else:
             group["lr"] = alpha if not isinstance(alpha, Tensor) else alpha.item()
 
@@ -489,7 +483,7 @@ class NewtOptimizer(Optimizer):
                 step_size = state.alpha * self._scale(group).to(state.alpha.device)
             if isinstance(lr, Tensor):
                 saved.append((group, lr.clone()))
-                lr.copy_(step_size) if isinstance(step_size, Tensor) else lr.fill_(step_size)
+                lr.fill_(step_size)
             else:
                 saved.append((group, lr))
                 group["lr"] = float(step_size)
@@ -931,9 +925,9 @@ class NewtOptimizer(Optimizer):
             taken = self.before_inner_step(_refresh=False)
             self._in_progress = None
         else:
-            grads = [p.grad for g in self.param_groups for p in g["params"]
+            grads = [D.local_tensor(p.grad) for g in self.param_groups for p in g["params"]
                      if p.grad is not None and p.requires_grad]
-            finite = F.all_finite([D.local_tensor(g) for g in grads])
+            finite = F.all_finite(grads)
             if self.process_group is not None:
                 _, _, flags = D.reduce_phase(all_true=[finite], process_group=self.process_group)
                 finite = flags[0]

@@ -102,7 +102,7 @@ class Safeguard(enum.IntEnum):
 
 
 class StepSizeUpdate(NamedTuple):
-    """Result of `update_lr` (all 0-d tensors)."""
+    """Result of `update_lr` (Python numbers for float inputs, else 0-d tensors)."""
 
     lr: Scalar
     """The new step size α_{t+1}."""
@@ -311,7 +311,8 @@ def newton_update(
 
 
 class RuleState(NamedTuple):
-    """The controller's state for one group (0-d tensors on the group's device)."""
+    """The controller's state for one group (Python numbers on the host, else 0-d tensors
+    on the group's device)."""
 
     pending: Scalar
     """bool: a kept step awaits the slope of a fresh batch along its displacement."""
@@ -334,7 +335,7 @@ class RuleState(NamedTuple):
 
 
 class Probe(NamedTuple):
-    """What ``before_step`` sees: this batch's gradient at θ_t (0-d tensors)."""
+    """What ``before_step`` sees: this batch's gradient at θ_t (Python numbers or 0-d tensors)."""
 
     fresh_slope: Scalar
     """B = ⟨∇L_{batch t}(θ_t), d_{t−1}⟩ (meaningful only while a step is pending)."""
@@ -346,7 +347,7 @@ class Probe(NamedTuple):
 
 
 class Outcome(NamedTuple):
-    """What ``after_step`` sees of the step d_t just taken (0-d tensors)."""
+    """What ``after_step`` sees of the step d_t just taken (Python numbers or 0-d tensors)."""
 
     slope: Scalar
     """A = ⟨∇L_{batch t}(θ_t), d_t⟩."""
@@ -364,7 +365,7 @@ class Outcome(NamedTuple):
 
 
 class Decision(NamedTuple):
-    """What the controller decided (0-d tensors)."""
+    """What the controller decided (Python numbers or 0-d tensors)."""
 
     alpha: Scalar
     """The learned α from now on (unscheduled scale)."""
@@ -579,7 +580,8 @@ GATED_NONFINITE = 0.1
 
 
 class GatedState(NamedTuple):
-    """The gated controller's state for one group (0-d tensors; floats are float64)."""
+    """The gated controller's state for one group (Python numbers on the host, else 0-d
+    tensors; floats are float64)."""
 
     pending: Scalar
     """bool: a kept step awaits the slope of a fresh batch along its displacement."""

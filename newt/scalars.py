@@ -166,10 +166,12 @@ class _Tensors:
 
     @staticmethod
     def const(value: float | int | bool, like: Tensor) -> Tensor:
-        dtype = (torch.bool if isinstance(value, bool) else torch.int64
-                 if isinstance(value, int) else like.dtype)
-        if dtype.is_floating_point is False and isinstance(value, float):
-            dtype = torch.float64
+        if isinstance(value, bool):
+            dtype = torch.bool
+        elif isinstance(value, int):
+            dtype = torch.int64
+        else:  # a float takes ``like``'s dtype when that is a float dtype
+            dtype = like.dtype if like.dtype.is_floating_point else torch.float64
         return torch.full((), value, dtype=dtype, device=like.device)
 
     @staticmethod

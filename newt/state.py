@@ -46,7 +46,8 @@ class Record(NamedTuple):
     def empty(cls, device: torch.device | None) -> Record:
         """Nothing reported yet (host scalars for ``device=None``)."""
         if device is None:
-            return cls(*(4 * [math.nan]), math.nan, int(Safeguard.FIRST_STEP))
+            return cls(math.nan, math.nan, math.nan, math.nan, math.nan,
+                       int(Safeguard.FIRST_STEP))
         nan = torch.full((), math.nan, dtype=torch.float64, device=device)
         return cls(nan, nan, nan, nan, nan,
                    torch.full((), int(Safeguard.FIRST_STEP), dtype=torch.int64, device=device))

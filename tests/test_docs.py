@@ -77,7 +77,7 @@ def test_no_tracked_file_names_a_path_of_a_developers_machine():
     (f"(/{'root'}/.cache)", True),
     ("https://example.org/tmp/file", False),   # part of a URL
     ("docs/work/tmp/x", False),                # relative
-    ("~/work/newt", False),                    # the reader's own home
+    (f"~/{'work'}/newt", False),               # the reader's own home
     ("the /workspace folder", False),          # not the folder itself
 ])
 def test_the_machine_path_pattern_finds_absolute_paths_only(line, found):
