@@ -17,12 +17,13 @@ over repeats of per-repeat medians:
 2. **Whole training steps** (forward, backward, step) on the digits MLP
    (64-128-128-10) and digits CNN of :mod:`newt.problems` (batch 128) and a
    10.2M-parameter MLP (4 × ``Linear(1600, 1600)``, batch 32), with Adam and
-   SGD as the inner optimizer: closure-free newt ÷ the plain step, closure newt ÷
-   two evaluations plus the plain step, the same two with ``interval=8``
-   (``--interval``; the closure row then against one evaluation plus the step),
-   and Prodigy and Schedule-Free AdamW ÷ the Adam step, as a user would compare
-   them. Per-step times are means over whole cycles of the interval. Goal ≤ 1.05
-   (≤ 1.02 on the 10M MLP).
+   SGD as the inner optimizer, and the digits MLP with Adam on two parameter groups
+   (weights; biases without weight decay, as trainers split them): closure-free
+   newt ÷ the plain step, closure newt ÷ two evaluations plus the plain step, the
+   same two with ``interval=8`` (``--interval``; the closure row then against one
+   evaluation plus the step), and Prodigy and Schedule-Free AdamW ÷ the Adam
+   step, as a user would compare them. Per-step times are means over whole
+   cycles of the interval. Goal ≤ 1.05 (≤ 1.02 on the 10M MLP).
 3. **Peak memory** of one step, newt ÷ plain, for the same variants:
    the bytes of every tensor alive before the step (parameters, gradients,
    optimizer states, newt's snapshots; counted directly) plus the largest
@@ -375,8 +376,18 @@ def _label(name: str) -> str:
 _VARIANTS = _variants(INTERVAL)
 
 
+def _param_groups(model: nn.Module, groups: int) -> Any:
+    """All parameters in one group, or (``groups=2``) the weights and the biases apart,
+    as a trainer that exempts biases from weight decay builds them."""
+    if groups == 1:
+        return model.parameters()
+    named = list(model.named_parameters())
+    return [{"params": [p for n, p in named if not n.endswith("bias")]},
+            {"params": [p for n, p in named if n.endswith("bias")], "weight_decay": 0.0}]
+
+
 def whole_steps(workload_name: str, inner: str, steps: int, repeats: int,
-                tensor_lr: bool) -> list[dict[str, Any]]:
+                tensor_lr: bool, groups: int = 1) -> list[dict[str, Any]]:
     """Whole training steps (forward, backward, step) of every variant, interleaved;
     each ratio is against the plain step with the evaluations its comparison names."""
     work = _workload(workload_name)
@@ -388,7 +399,8 @@ def whole_steps(workload_name: str, inner: str, steps: int, repeats: int,
     for name in names:
         which, kwargs, mode, _ = _VARIANTS[name]
         model = copy.deepcopy(base)
-        opt = _inner(inner if which == "inner" else which, model.parameters(), tensor_lr)
+        opt = _inner(inner if which == "inner" else which, _param_groups(model, groups),
+                     tensor_lr)
         if kwargs is not None:
             opt = newt.NewtOptimizer(opt, **kwargs)
         setups[name] = (model, opt, mode)
@@ -440,7 +452,8 @@ def whole_steps(workload_name: str, inner: str, steps: int, repeats: int,
         ratios = [a / b for a, b in zip(results[name], results[base_name], strict=True)]
         p, q = peaks[name], peaks[base_name]
         rows.append({
-            "problem": workload_name, "inner": inner, "comparison": _label(name),
+            "problem": workload_name + (f", {groups} groups" if groups > 1 else ""),
+            "inner": inner, "comparison": _label(name),
             "newt_us": statistics.median(results[name]) * 1e6,
             "base_us": statistics.median(results[base_name]) * 1e6,
             "ratio": statistics.median(ratios), "iqr": _iqr(ratios),
@@ -517,14 +530,16 @@ def _print_whole_steps(small_steps: int, small_repeats: int, big_steps: int,
     print("| problem | inner | comparison | step (µs) | baseline step (µs) | ratio (IQR) "
           "| peak memory ratio |")
     print("|---|---|---|---|---|---|---|")
-    for name in ("digits_mlp", "digits_cnn", "mlp_10m"):
+    cells = [(name, inner, 1) for name in ("digits_mlp", "digits_cnn", "mlp_10m")
+             for inner in ("Adam", "SGD")]
+    cells.insert(2, ("digits_mlp", "Adam", 2))  # weights and biases in two groups
+    for name, inner, groups in cells:
         steps, repeats = (big_steps, big_repeats) if name == "mlp_10m" else (
             small_steps, small_repeats)
-        for inner in ("Adam", "SGD"):
-            for r in whole_steps(name, inner, steps, repeats, tensor_lr):
-                print(f"| {r['problem']} | {r['inner']} | {r['comparison']} | "
-                      f"{r['newt_us']:.0f} | {r['base_us']:.0f} | {r['ratio']:.3f} ({r['iqr']}) "
-                      f"| {_fmt(r['memory'], 3)} |")
+        for r in whole_steps(name, inner, steps, repeats, tensor_lr, groups):
+            print(f"| {r['problem']} | {r['inner']} | {r['comparison']} | "
+                  f"{r['newt_us']:.0f} | {r['base_us']:.0f} | {r['ratio']:.3f} ({r['iqr']}) "
+                  f"| {_fmt(r['memory'], 3)} |")
     print()
 
 

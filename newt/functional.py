@@ -31,7 +31,9 @@ tensor ops.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator, Sequence
+from typing import Literal, overload
 
 import torch
 import torch.distributed as dist
@@ -43,6 +45,7 @@ __all__ = [
     "all_finite",
     "copy_snapshot",
     "group_inner_product",
+    "inner_products",
     "nothing_to_undo",
     "restore_where",
     "zero_where",
@@ -132,6 +135,30 @@ def _one_piece(kept: list[tuple[Tensor, Tensor, Tensor]], chunk: int) -> bool:
     return size <= chunk
 
 
+def _one_piece_inner_products(kept: list[tuple[Tensor, Tensor, Tensor]], sizes: list[int],
+                              out_dtypes: Sequence[torch.dtype], refresh: bool) -> list[Tensor]:
+    """``kept`` (g, s, p) of one device and dtype, ≤ CHUNK elements, cut into consecutive
+    groups of ``sizes`` tensors: one ⟨g, s − p⟩ per group from four kernels for all of
+    them (the subtraction, the product, one concatenation; a sum per group)."""
+    g, s, p = ([t[i] for t in kept] for i in range(3))
+    products = torch._foreach_sub(s, p)  # d = θ_t − θ_{t+1}
+    if refresh:
+        torch._foreach_copy_(s, p)
+    torch._foreach_mul_(products, g)
+    acc = _accumulation_dtype(products[0].dtype)
+    device = products[0].device
+    flat = (torch.cat([x.reshape(-1) for x in products]) if len(products) > 1
+            else products[0].reshape(-1))
+    if len(sizes) == 1:
+        return [flat.sum(dtype=acc).to(device, out_dtypes[0])]
+    numels, start = [], 0
+    for n in sizes:  # elements per group
+        numels.append(sum(x.numel() for x in products[start:start + n]))
+        start += n
+    return [part.sum(dtype=acc).to(device, dtype)
+            for part, dtype in zip(flat.split(numels), out_dtypes, strict=True)]
+
+
 def _multi_tensor_inner_product(grads: Sequence[Tensor | None], snapshots: Sequence[Tensor],
                                 params: Sequence[Tensor], out_dtype: torch.dtype,
                                 device: torch.device, refresh: bool) -> Tensor:
@@ -140,14 +167,7 @@ def _multi_tensor_inner_product(grads: Sequence[Tensor | None], snapshots: Seque
             for g, s, p in zip(grads, snapshots, params, strict=True) if g is not None]
     if kept and len(kept) == len(params) and _one_piece(kept, chunk):
         # A small group of one device and dtype (the common case): four kernels in all.
-        g, s, p = ([t[i] for t in kept] for i in range(3))
-        products = torch._foreach_sub(s, p)  # d = θ_t − θ_{t+1}
-        if refresh:
-            torch._foreach_copy_(s, p)
-        torch._foreach_mul_(products, g)
-        flat = torch.cat([x.reshape(-1) for x in products]) if len(products) > 1 else \
-            products[0].reshape(-1)
-        return flat.sum(dtype=_accumulation_dtype(flat.dtype)).to(device, out_dtype)
+        return _one_piece_inner_products(kept, [len(kept)], [out_dtype], refresh)[0]
     if refresh and len(kept) < len(params):  # no gradient: only refresh the snapshot
         copy_snapshot([s for g, s in zip(grads, snapshots, strict=True) if g is None],
                       [p for g, p in zip(grads, params, strict=True) if g is None])
@@ -218,6 +238,43 @@ def group_inner_product(
     return total
 
 
+def inner_products(
+    grads: Sequence[Sequence[Tensor | None]],
+    snapshots: Sequence[Sequence[Tensor]],
+    params: Sequence[Sequence[Tensor]],
+    *,
+    out_dtypes: Sequence[torch.dtype],
+    foreach: bool = True,
+    refresh_snapshots: bool = False,
+) -> list[Tensor]:
+    r"""`group_inner_product` of several groups at once: one 0-d tensor per group.
+
+    When every group is one piece together (all gradients present, one device and
+    dtype, contiguous, at most ``CHUNK`` elements in all: a small model split into
+    parameter groups, e.g. with and without weight decay), the groups share one
+    subtraction, one product and one concatenation, so $G$ groups cost $3 + G$
+    kernels instead of $4G$ (the refresh adds one, instead of $G$). Otherwise each
+    group is `group_inner_product`'s.
+    """
+    if not (len(grads) == len(snapshots) == len(params) == len(out_dtypes)):
+        raise ValueError(
+            f"inner_products: got {len(grads)} grad lists, {len(snapshots)} snapshot lists, "
+            f"{len(params)} param lists and {len(out_dtypes)} dtypes; pass one per group"
+        )
+    for g, s, p in zip(grads, snapshots, params, strict=True):
+        _check_lengths(g, s, p)
+    if foreach and len(params) > 1 and all(len(p) for p in params):
+        kept = [(_real(g), _real(s), _real(p))
+                for gs, ss, ps in zip(grads, snapshots, params, strict=True)
+                for g, s, p in zip(gs, ss, ps, strict=True) if g is not None]
+        if len(kept) == sum(len(p) for p in params) and _one_piece(kept, CHUNK):
+            return _one_piece_inner_products(kept, [len(p) for p in params], out_dtypes,
+                                             refresh_snapshots)
+    return [group_inner_product(g, s, p, out_dtype=dtype, foreach=foreach,
+                                refresh_snapshots=refresh_snapshots)
+            for g, s, p, dtype in zip(grads, snapshots, params, out_dtypes, strict=True)]
+
+
 # ---------------------------------------------------------------- snapshots and restores
 def copy_snapshot(snapshots: Sequence[Tensor], params: Sequence[Tensor], *,
                   foreach: bool = True) -> None:
@@ -264,24 +321,36 @@ def zero_where(keep: bool | Tensor, tensors: Sequence[Tensor | None]) -> None:
         t.masked_fill_(drop, 0)
 
 
-def all_finite(tensors: Sequence[Tensor | None]) -> Tensor:
-    """A 0-d bool tensor: no NaN or inf in any of ``tensors`` (``None`` entries are skipped).
-
-    One read pass: the sum of every tensor (half precision summed in float32). A sum is
-    non-finite if any term is; a sum that overflows a finite tensor counts as non-finite
-    too (conservative). No host sync. (``_foreach_norm(..., inf)`` would be exact but is
-    a slow per-tensor loop on the CPU: 28 ms against 1.5 ms on 10M parameters here.)
-    """
+def _total(tensors: Sequence[Tensor | None]) -> Tensor | None:
+    """The sum of every entry of ``tensors`` as one 0-d tensor (``None`` if there is none)."""
     present = [t for t in tensors if t is not None and t.numel()]  # an empty shard is finite
     if not present:
-        return torch.ones((), dtype=torch.bool)
+        return None
     device, dtype = present[0].device, present[0].dtype
     if (len(present) > 1 and not dtype.is_complex and sum(t.numel() for t in present) <= CHUNK
             and all(t.dtype == dtype and t.device == device for t in present)):
         # a small model: one concatenation and one sum instead of a sum per tensor
-        flat = torch.cat([t.reshape(-1) for t in present])
-        return torch.isfinite(flat.sum(dtype=_accumulation_dtype(dtype)))
+        return torch.cat([t.reshape(-1) for t in present]).sum(dtype=_accumulation_dtype(dtype))
     sums = [_real(t).sum(dtype=_accumulation_dtype(_real(t).dtype)) for t in present]
     if any(x.dtype != sums[0].dtype or x.device != device for x in sums):
         sums = [x.to(device, torch.float64) for x in sums]
-    return torch.isfinite(torch.stack(sums).sum())
+    return torch.stack(sums).sum()
+
+
+@overload
+def all_finite(tensors: Sequence[Tensor | None], *, read: Literal[False] = ...) -> Tensor: ...
+@overload
+def all_finite(tensors: Sequence[Tensor | None], *, read: Literal[True]) -> bool: ...
+def all_finite(tensors: Sequence[Tensor | None], *, read: bool = False) -> Tensor | bool:
+    """No NaN or inf in any of ``tensors`` (``None`` entries are skipped): a 0-d bool
+    tensor (no host sync), or with ``read`` a Python bool (one read of one number).
+
+    One read pass: the sum of every tensor (half precision summed in float32). A sum is
+    non-finite if any term is; a sum that overflows a finite tensor counts as non-finite
+    too (conservative). (``_foreach_norm(..., inf)`` would be exact but is a slow
+    per-tensor loop on the CPU: 28 ms against 1.5 ms on 10M parameters here.)
+    """
+    total = _total(tensors)
+    if read:
+        return total is None or math.isfinite(total.item())
+    return torch.ones((), dtype=torch.bool) if total is None else torch.isfinite(total)

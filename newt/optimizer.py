@@ -27,6 +27,7 @@ evaluation at $\theta_{t+1}$ is the next step's first evaluation.
 
 from __future__ import annotations
 
+import functools
 import math
 import numbers
 import warnings
@@ -124,6 +125,15 @@ class _Active:
 
     def grads(self) -> list[Tensor | None]:
         return [None if p.grad is None else D.local_tensor(p.grad) for p in self.sources]
+
+    @functools.cached_property
+    def dtype(self) -> torch.dtype:
+        """The inner products' dtype: the widest parameter dtype of the group, ≥ float32
+        (found once per step: every phase of the step reuses it)."""
+        params = self.params or self.group["params"]
+        dtype = torch.promote_types(torch.float32, max(
+            (p.dtype for p in params), key=lambda d: d.itemsize, default=torch.float32))
+        return dtype.to_real() if dtype.is_complex else dtype
 
 
 @dataclass
@@ -630,7 +640,7 @@ class NewtOptimizer(Optimizer):
             a = by_index.get(i) or self._placeholder(i)
             out_active.append(a)
             out_values.append(sums[i].to(sums.device if a.state.host else a.state.device,
-                                         self._dtype(a)))
+                                         a.dtype))
         return out_active, out_values
 
     def _placeholder(self, index: int) -> _Active:
@@ -645,13 +655,6 @@ class NewtOptimizer(Optimizer):
         assert state is not None
         return _Active(index, group, self._group_options(index, group), state, [], [], [], [])
 
-    @staticmethod
-    def _dtype(a: _Active) -> torch.dtype:
-        """The inner products' dtype: the widest parameter dtype of the group, ≥ float32."""
-        params = a.params or a.group["params"]
-        dtype = torch.promote_types(torch.float32, max(
-            (p.dtype for p in params), key=lambda d: d.itemsize, default=torch.float32))
-        return dtype.to_real() if dtype.is_complex else dtype
 
     def _inner_product(self, a: _Active, grads: list[Tensor | None],
                        refresh: bool = False) -> Tensor:
@@ -660,7 +663,7 @@ class NewtOptimizer(Optimizer):
         With a process group, each parameter's term is weighted for the sum over the ranks
         (`newt.distributed.reduction_weight`); the caller reduces the result.
         """
-        dtype = self._dtype(a)
+        dtype = a.dtype
         weights = sorted(set(a.weights))
         if len(weights) <= 1:
             total = F.group_inner_product(grads, a.snapshots, a.params, out_dtype=dtype,
@@ -674,6 +677,18 @@ class NewtOptimizer(Optimizer):
                 [a.params[i] for i in idx], out_dtype=dtype, foreach=self.foreach,
                 refresh_snapshots=refresh)
         return total
+
+    def _inner_products(self, active: list[_Active], grads: list[list[Tensor | None]],
+                        refresh: bool = False) -> list[Tensor]:
+        """`_inner_product` of every group: one fused call where no group is weighted
+        (`newt.functional.inner_products`: a small model's groups share their kernels)."""
+        if len(active) > 1 and all(a.params and all(w == 1.0 for w in a.weights)
+                                   for a in active):
+            return F.inner_products(grads, [a.snapshots for a in active],
+                                    [a.params for a in active],
+                                    out_dtypes=[a.dtype for a in active],
+                                    foreach=self.foreach, refresh_snapshots=refresh)
+        return [self._inner_product(a, g, refresh) for a, g in zip(active, grads, strict=True)]
 
     def _carry_out(self, a: _Active, decision: rule.Decision) -> None:
         self._set_alpha(a.group, a.state, decision.alpha)
@@ -720,7 +735,7 @@ class NewtOptimizer(Optimizer):
         # With nothing pending s = θ_t already and B = ⟨g, 0⟩: NaN iff g is not finite.
         # With a process group the sum over the ranks is NaN if any rank's is.
         active, probes = self._everywhere(
-            active, [self._inner_product(a, a.grads(), refresh=_refresh) for a in active])
+            active, self._inner_products(active, [a.grads() for a in active], refresh=_refresh))
         flags: list[Scalar] = []
         for a, fresh in zip(active, probes, strict=True):
             host = a.state.host
@@ -759,7 +774,8 @@ class NewtOptimizer(Optimizer):
                 F.restore_where(False, a.params, a.snapshots)
             self._in_progress = None
             return
-        progress.slopes = [self._inner_product(a, a.grads()) for a in progress.active]
+        progress.slopes = self._inner_products(progress.active,
+                                               [a.grads() for a in progress.active])
         if not lookahead:
             progress.slopes = self._reduce(progress.slopes)
             self._judge(progress.active, progress.slopes, None, None, None, progress.take)
@@ -785,10 +801,10 @@ class NewtOptimizer(Optimizer):
             return False
         assert progress.slopes is not None
         it = iter(grads) if grads is not None else None
-        lookahead_slopes = [
-            self._inner_product(a, a.grads() if it is None else [
-                None if g is None else D.local_tensor(g) for g in (next(it) for _ in a.params)])
-            for a in progress.active]
+        lookahead_slopes = self._inner_products(progress.active, [
+            a.grads() if it is None else [
+                None if g is None else D.local_tensor(g) for g in (next(it) for _ in a.params)]
+            for a in progress.active])
         lookahead_loss = lookahead_loss.detach().reshape(())
         if self.process_group is not None:  # A, B and L(θ_{t+1}) in one collective
             n = len(progress.slopes)
@@ -927,14 +943,18 @@ class NewtOptimizer(Optimizer):
         else:
             grads = [D.local_tensor(p.grad) for g in self.param_groups for p in g["params"]
                      if p.grad is not None and p.requires_grad]
-            finite = F.all_finite(grads)
-            if self.process_group is not None:
-                _, _, flags = D.reduce_phase(all_true=[finite], process_group=self.process_group)
-                finite = flags[0]
             host = not grads or self._host(grads[0].device)
-            taken = bool(finite) if host else True
-            if not host:
-                F.zero_where(finite.to(grads[0].device), grads)
+            if host and self.process_group is None:
+                taken = F.all_finite(grads, read=True)  # one read of one number
+            else:
+                finite = F.all_finite(grads)
+                if self.process_group is not None:
+                    _, _, flags = D.reduce_phase(all_true=[finite],
+                                                 process_group=self.process_group)
+                    finite = flags[0]
+                taken = bool(finite) if host else True
+                if not host:
+                    F.zero_where(finite.to(grads[0].device), grads)
         if taken:
             self._inner_step()
         return None if loss is None else loss.detach()

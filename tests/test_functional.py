@@ -211,6 +211,7 @@ def test_all_finite_flags_any_nonfinite_entry(chunk, dtype, bad, monkeypatch):
     if bad is not None:
         tensors[3][4] = bad
     assert bool(F.all_finite(tensors)) is (bad is None)
+    assert F.all_finite(tensors, read=True) is (bad is None)
 
 
 def test_all_finite_mixed_dtypes_and_overflow_is_conservative():
@@ -218,3 +219,74 @@ def test_all_finite_mixed_dtypes_and_overflow_is_conservative():
     assert not bool(F.all_finite([torch.ones(2), torch.tensor([math.nan], dtype=torch.float64)]))
     big = torch.full((4,), 3e38)  # finite entries whose sum overflows float32
     assert not bool(F.all_finite([big]))
+    assert F.all_finite([None, torch.zeros(0)], read=True) is True
+
+
+# ---------------------------------------------------------------- several groups at once
+def _groups(dtypes, sizes=(3, 2, 2), seed=0):
+    """The tensors of `_triples` cut into consecutive groups of ``sizes`` tensors."""
+    grads, snapshots, params = _triples(dtypes, seed=seed)
+    out, start = [], 0
+    for n in sizes:
+        out.append((grads[start:start + n], snapshots[start:start + n], params[start:start + n]))
+        start += n
+    return [list(x) for x in zip(*out, strict=True)]
+
+
+@pytest.mark.parametrize("refresh", [False, True])
+@pytest.mark.parametrize("case", ["fused", "missing_grad", "mixed_dtypes", "sliced", "one_group"])
+def test_inner_products_of_several_groups_equal_each_group_s(case, refresh, monkeypatch):
+    """Fused (one piece for all groups) or not, each group gets its own ⟨g, s − p⟩, in its
+    own dtype, and the refresh sets every snapshot to its parameter."""
+    sizes = (7,) if case == "one_group" else (3, 2, 2)
+    dtypes = [torch.float64, torch.float32] if case == "mixed_dtypes" else [torch.float64]
+    grads, snapshots, params = _groups(dtypes, sizes)
+    if case == "missing_grad":
+        grads[1][0] = None
+    if case == "sliced":
+        monkeypatch.setattr(F, "CHUNK", 40)
+    out_dtypes = [torch.float64, torch.float32, torch.float64][:len(sizes)]
+    expected = [_exact(g, s, p) for g, s, p in zip(grads, snapshots, params, strict=True)]
+    copies = [[s.clone() for s in ss] for ss in snapshots]
+    got = F.inner_products(grads, copies, params, out_dtypes=out_dtypes,
+                           refresh_snapshots=refresh)
+    assert [t.dtype for t in got] == out_dtypes and all(t.shape == () for t in got)
+    for value, exact, dtype in zip(got, expected, out_dtypes, strict=True):
+        tol = 1e-12 if dtype == torch.float64 and case != "mixed_dtypes" else 1e-5
+        assert value.item() == pytest.approx(exact, rel=tol, abs=tol)
+    for ss, ps, old in zip(copies, params, snapshots, strict=True):
+        for s, p, o in zip(ss, ps, old, strict=True):
+            torch.testing.assert_close(s, p if refresh else o, rtol=0, atol=0)
+
+
+def test_inner_products_fuse_the_kernels_of_small_groups():
+    """Three float64 groups in one piece: one subtraction, one product, one concatenation
+    for all of them, not one of each per group (counted at the dispatcher)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Count(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.ops: list[str] = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.ops.append(func.overloadpacket.__name__)
+            return func(*args, **(kwargs or {}))
+
+    grads, snapshots, params = _groups([torch.float64])
+    with Count() as fused:
+        F.inner_products(grads, snapshots, params, out_dtypes=[torch.float64] * 3)
+    with Count() as separate:
+        for g, s, p in zip(grads, snapshots, params, strict=True):
+            F.group_inner_product(g, s, p, out_dtype=torch.float64)
+    for op in ("_foreach_sub", "_foreach_mul_", "cat"):
+        assert fused.ops.count(op) == 1 and separate.ops.count(op) == 3, (op, fused.ops)
+
+
+def test_inner_products_refuse_mismatched_groups():
+    grads, snapshots, params = _groups([torch.float64])
+    with pytest.raises(ValueError, match="one per group"):
+        F.inner_products(grads, snapshots, params, out_dtypes=[torch.float64])
+    grads[0] = grads[0][:-1]
+    with pytest.raises(ValueError, match="one of each per parameter"):
+        F.inner_products(grads, snapshots, params, out_dtypes=[torch.float64] * 3)

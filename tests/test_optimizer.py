@@ -625,3 +625,44 @@ def test_reuse_accepts_a_bound_method_closure():
         for _ in range(10):
             trainer.opt.step(trainer.closure)
     assert trainer.calls == 11
+
+
+@pytest.mark.parametrize("closure", [False, True])
+def test_groups_measured_together_learn_what_they_learn_one_at_a_time(closure):
+    """Two groups (weights, biases) of a small model share their inner-product kernels
+    (`newt.functional.inner_products`); each still learns its own α, as with the
+    single-tensor reference loop (``foreach=False``)."""
+    runs = []
+    for foreach in (True, False):
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(torch.nn.Linear(5, 8), torch.nn.Tanh(), torch.nn.Linear(8, 1))
+        model.double()
+        weights = [p for n, p in model.named_parameters() if n.endswith("weight")]
+        biases = [p for n, p in model.named_parameters() if n.endswith("bias")]
+        opt = newt.NewtOptimizer(torch.optim.Adam(
+            [{"params": weights}, {"params": biases, "lr": 1e-3}], lr=1e-2), foreach=foreach)
+        gen = torch.Generator().manual_seed(1)
+        trace = []
+        for _ in range(30):
+            x = torch.randn(16, 5, generator=gen, dtype=torch.float64)
+            y = x.sum(1, keepdim=True).sin()
+
+            def loss_fn(x=x, y=y, model=model, opt=opt):
+                opt.zero_grad()
+                loss = torch.nn.functional.mse_loss(model(x), y)
+                loss.backward()
+                return loss
+
+            if closure:
+                opt.step(loss_fn)
+            else:
+                loss_fn()
+                opt.step()
+            trace.append(opt.alphas)
+        runs.append((trace, [p.detach().clone() for p in model.parameters()]))
+    (fused, p_fused), (loop, p_loop) = runs
+    assert fused[-1][0] != fused[-1][1]  # the groups learned different α
+    for a, b in zip(fused, loop, strict=True):
+        assert a == pytest.approx(b, rel=1e-10)
+    for x, y in zip(p_fused, p_loop, strict=True):
+        torch.testing.assert_close(x, y, rtol=1e-10, atol=1e-12)
