@@ -47,6 +47,7 @@ __all__ = [
     "group_inner_product",
     "inner_products",
     "nothing_to_undo",
+    "one_piece",
     "restore_where",
     "zero_where",
 ]
@@ -123,28 +124,40 @@ def _pieces(grads: list[Tensor], snapshots: list[Tensor], params: list[Tensor],
         yield bucket
 
 
-def _one_piece(kept: list[tuple[Tensor, Tensor, Tensor]], chunk: int) -> bool:
-    """All of g, s, p on one device with one dtype, contiguous, ``chunk`` elements at most."""
-    g0 = kept[0][0]
-    dtype, device, size = g0.dtype, g0.device, 0
-    for trio in kept:
-        for t in trio:
-            if t.dtype != dtype or t.device != device or not t.is_contiguous():
-                return False
-        size += trio[2].numel()
-    return size <= chunk
+def one_piece(snapshots: Sequence[Tensor], params: Sequence[Tensor]) -> bool:
+    """Whether a group's tensors take the fused path: real, of one dtype and device,
+    contiguous, at most ``CHUNK`` elements in all (and at least one tensor).
+
+    These tensors do not change within a step, so a caller can find this once and pass
+    it to every inner product of the step; the gradients are checked at each call (they
+    must all be present, of the parameters' dtype and device, as autograd makes them).
+    """
+    if not params or params[0].dtype.is_complex:
+        return False
+    dtype, device, size = params[0].dtype, params[0].device, 0
+    for s, p in zip(snapshots, params, strict=True):
+        if (p.dtype != dtype or s.dtype != dtype or p.device != device or s.device != device
+                or not p.is_contiguous() or not s.is_contiguous()):
+            return False
+        size += p.numel()
+    return size <= CHUNK
 
 
-def _one_piece_inner_products(kept: list[tuple[Tensor, Tensor, Tensor]], sizes: list[int],
+def _grads_fit(grads: Sequence[Tensor | None], param: Tensor) -> bool:
+    return all(g is not None and g.dtype == param.dtype and g.device == param.device
+               for g in grads)
+
+
+def _one_piece_inner_products(grads: Sequence[Tensor], snapshots: Sequence[Tensor],
+                              params: Sequence[Tensor], sizes: list[int],
                               out_dtypes: Sequence[torch.dtype], refresh: bool) -> list[Tensor]:
-    """``kept`` (g, s, p) of one device and dtype, ≤ CHUNK elements, cut into consecutive
-    groups of ``sizes`` tensors: one ⟨g, s − p⟩ per group from four kernels for all of
-    them (the subtraction, the product, one concatenation; a sum per group)."""
-    g, s, p = ([t[i] for t in kept] for i in range(3))
-    products = torch._foreach_sub(s, p)  # d = θ_t − θ_{t+1}
+    """Tensors of one device and dtype, ≤ CHUNK elements, cut into consecutive groups of
+    ``sizes`` tensors: one ⟨g, s − p⟩ per group from four kernels for all of them (the
+    subtraction, the product, one concatenation; a sum per group)."""
+    products = torch._foreach_sub(list(snapshots), list(params))  # d = θ_t − θ_{t+1}
     if refresh:
-        torch._foreach_copy_(s, p)
-    torch._foreach_mul_(products, g)
+        torch._foreach_copy_(list(snapshots), list(params))
+    torch._foreach_mul_(products, list(grads))
     acc = _accumulation_dtype(products[0].dtype)
     device = products[0].device
     flat = (torch.cat([x.reshape(-1) for x in products]) if len(products) > 1
@@ -161,13 +174,17 @@ def _one_piece_inner_products(kept: list[tuple[Tensor, Tensor, Tensor]], sizes: 
 
 def _multi_tensor_inner_product(grads: Sequence[Tensor | None], snapshots: Sequence[Tensor],
                                 params: Sequence[Tensor], out_dtype: torch.dtype,
-                                device: torch.device, refresh: bool) -> Tensor:
+                                device: torch.device, refresh: bool,
+                                fused: bool | None = None) -> Tensor:
+    if fused is None:
+        fused = one_piece(snapshots, params)
+    if fused and _grads_fit(grads, params[0]):
+        # A small group of one device and dtype (the common case): four kernels in all.
+        return _one_piece_inner_products(grads, snapshots, params,  # type: ignore[arg-type]
+                                         [len(params)], [out_dtype], refresh)[0]
     chunk = CHUNK  # read at call time, so tests can make it small
     kept = [(_real(g), _real(s), _real(p))
             for g, s, p in zip(grads, snapshots, params, strict=True) if g is not None]
-    if kept and len(kept) == len(params) and _one_piece(kept, chunk):
-        # A small group of one device and dtype (the common case): four kernels in all.
-        return _one_piece_inner_products(kept, [len(kept)], [out_dtype], refresh)[0]
     if refresh and len(kept) < len(params):  # no gradient: only refresh the snapshot
         copy_snapshot([s for g, s in zip(grads, snapshots, strict=True) if g is None],
                       [p for g, p in zip(grads, params, strict=True) if g is None])
@@ -207,6 +224,7 @@ def group_inner_product(
     foreach: bool = True,
     refresh_snapshots: bool = False,
     process_group: dist.ProcessGroup | None = None,
+    fused: bool | None = None,
 ) -> Tensor:
     r"""Return $\sum_p \operatorname{Re}\langle g_p, s_p - p\rangle$ as a 0-d tensor.
 
@@ -224,6 +242,8 @@ def group_inner_product(
             result is summed over the processes of this group (for parameters
             sharded across processes; replicated data-parallel parameters have
             equal gradients after the all-reduce and need no reduction).
+        fused: `one_piece` ``(snapshots, params)`` if the caller already has it
+            (found here otherwise).
 
     Returns:
         A 0-d tensor of ``out_dtype`` on the first parameter's device (CPU for
@@ -231,8 +251,12 @@ def group_inner_product(
     """
     _check_lengths(grads, snapshots, params)
     device = params[0].device if len(params) else torch.device("cpu")
-    impl = _multi_tensor_inner_product if foreach else _single_tensor_inner_product
-    total = impl(grads, snapshots, params, out_dtype, device, refresh_snapshots)
+    if foreach:
+        total = _multi_tensor_inner_product(grads, snapshots, params, out_dtype, device,
+                                            refresh_snapshots, fused)
+    else:
+        total = _single_tensor_inner_product(grads, snapshots, params, out_dtype, device,
+                                             refresh_snapshots)
     if process_group is not None and dist.is_available() and dist.is_initialized():
         dist.all_reduce(total, group=process_group)
     return total
@@ -246,6 +270,7 @@ def inner_products(
     out_dtypes: Sequence[torch.dtype],
     foreach: bool = True,
     refresh_snapshots: bool = False,
+    fused: Sequence[bool] | None = None,
 ) -> list[Tensor]:
     r"""`group_inner_product` of several groups at once: one 0-d tensor per group.
 
@@ -254,7 +279,7 @@ def inner_products(
     parameter groups, e.g. with and without weight decay), the groups share one
     subtraction, one product and one concatenation, so $G$ groups cost $3 + G$
     kernels instead of $4G$ (the refresh adds one, instead of $G$). Otherwise each
-    group is `group_inner_product`'s.
+    group is `group_inner_product`'s. ``fused``: each group's `one_piece`, if known.
     """
     if not (len(grads) == len(snapshots) == len(params) == len(out_dtypes)):
         raise ValueError(
@@ -263,16 +288,23 @@ def inner_products(
         )
     for g, s, p in zip(grads, snapshots, params, strict=True):
         _check_lengths(g, s, p)
-    if foreach and len(params) > 1 and all(len(p) for p in params):
-        kept = [(_real(g), _real(s), _real(p))
-                for gs, ss, ps in zip(grads, snapshots, params, strict=True)
-                for g, s, p in zip(gs, ss, ps, strict=True) if g is not None]
-        if len(kept) == sum(len(p) for p in params) and _one_piece(kept, CHUNK):
-            return _one_piece_inner_products(kept, [len(p) for p in params], out_dtypes,
-                                             refresh_snapshots)
+    if fused is None:
+        fused = [one_piece(s, p) for s, p in zip(snapshots, params, strict=True)]
+    if foreach and len(params) > 1 and all(fused):
+        first = params[0][0]
+        together = (all(p[0].dtype == first.dtype and p[0].device == first.device
+                        for p in params)
+                    and sum(x.numel() for p in params for x in p) <= CHUNK
+                    and all(_grads_fit(g, first) for g in grads))
+        if together:
+            return _one_piece_inner_products(
+                [g for gs in grads for g in gs],  # type: ignore[misc]
+                [s for ss in snapshots for s in ss], [p for ps in params for p in ps],
+                [len(p) for p in params], out_dtypes, refresh_snapshots)
     return [group_inner_product(g, s, p, out_dtype=dtype, foreach=foreach,
-                                refresh_snapshots=refresh_snapshots)
-            for g, s, p, dtype in zip(grads, snapshots, params, out_dtypes, strict=True)]
+                                refresh_snapshots=refresh_snapshots, fused=f)
+            for g, s, p, dtype, f in zip(grads, snapshots, params, out_dtypes, fused,
+                                         strict=True)]
 
 
 # ---------------------------------------------------------------- snapshots and restores

@@ -127,6 +127,12 @@ class _Active:
         return [None if p.grad is None else D.local_tensor(p.grad) for p in self.sources]
 
     @functools.cached_property
+    def one_piece(self) -> bool:
+        """Whether its inner products take the fused path (`newt.functional.one_piece`):
+        found once per step, for every phase of the step."""
+        return F.one_piece(self.snapshots, self.params)
+
+    @functools.cached_property
     def dtype(self) -> torch.dtype:
         """The inner products' dtype: the widest parameter dtype of the group, ≥ float32
         (found once per step: every phase of the step reuses it)."""
@@ -667,7 +673,8 @@ class NewtOptimizer(Optimizer):
         weights = sorted(set(a.weights))
         if len(weights) <= 1:
             total = F.group_inner_product(grads, a.snapshots, a.params, out_dtype=dtype,
-                                          foreach=self.foreach, refresh_snapshots=refresh)
+                                          foreach=self.foreach, refresh_snapshots=refresh,
+                                          fused=a.one_piece)
             return total if not weights or weights[0] == 1.0 else total * weights[0]
         total = torch.zeros((), dtype=dtype, device=a.params[0].device)
         for w in weights:  # replicated and sharded parameters in one group
@@ -687,7 +694,8 @@ class NewtOptimizer(Optimizer):
             return F.inner_products(grads, [a.snapshots for a in active],
                                     [a.params for a in active],
                                     out_dtypes=[a.dtype for a in active],
-                                    foreach=self.foreach, refresh_snapshots=refresh)
+                                    foreach=self.foreach, refresh_snapshots=refresh,
+                                    fused=[a.one_piece for a in active])
         return [self._inner_product(a, g, refresh) for a, g in zip(active, grads, strict=True)]
 
     def _carry_out(self, a: _Active, decision: rule.Decision) -> None:

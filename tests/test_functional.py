@@ -290,3 +290,30 @@ def test_inner_products_refuse_mismatched_groups():
     grads[0] = grads[0][:-1]
     with pytest.raises(ValueError, match="one of each per parameter"):
         F.inner_products(grads, snapshots, params, out_dtypes=[torch.float64] * 3)
+
+
+def test_one_piece_names_what_the_fused_path_needs(monkeypatch):
+    grads, snapshots, params = _triples([torch.float64])
+    assert F.one_piece(snapshots, params)
+    assert not F.one_piece([], [])
+    assert not F.one_piece(*_triples([torch.float64, torch.float32])[1:])
+    assert not F.one_piece(*_triples([torch.complex128])[1:])
+    wide = torch.randn(4, 6, dtype=torch.float64)
+    assert not F.one_piece([wide.t().clone()], [wide.t()])  # a non-contiguous parameter
+    monkeypatch.setattr(F, "CHUNK", 40)
+    assert not F.one_piece(snapshots, params)  # more elements than one piece holds
+
+
+def test_a_non_contiguous_gradient_on_the_fused_path():
+    """The fused path checks the gradients at each call but not their layout: a
+    transposed gradient still gives the exact inner product."""
+    p = torch.randn(6, 4, dtype=torch.float64)
+    s = p + 0.1 * torch.randn_like(p)
+    g = torch.randn(4, 6, dtype=torch.float64).t()
+    assert not g.is_contiguous() and F.one_piece([s], [p])
+    for fused in (None, True):
+        total = F.group_inner_product([g, None], [s, s.clone()], [p, p.clone()],
+                                      out_dtype=torch.float64, fused=fused)
+        assert total.item() == pytest.approx(_exact([g], [s], [p]), rel=1e-13)
+        total = F.group_inner_product([g], [s], [p], out_dtype=torch.float64, fused=fused)
+        assert total.item() == pytest.approx(_exact([g], [s], [p]), rel=1e-13)
