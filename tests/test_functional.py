@@ -293,7 +293,7 @@ def test_inner_products_refuse_mismatched_groups():
 
 
 def test_one_piece_names_what_the_fused_path_needs(monkeypatch):
-    grads, snapshots, params = _triples([torch.float64])
+    _, snapshots, params = _triples([torch.float64])
     assert F.one_piece(snapshots, params)
     assert not F.one_piece([], [])
     assert not F.one_piece(*_triples([torch.float64, torch.float32])[1:])

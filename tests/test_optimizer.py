@@ -627,37 +627,22 @@ def test_reuse_accepts_a_bound_method_closure():
     assert trainer.calls == 11
 
 
-@pytest.mark.parametrize("closure", [False, True])
-def test_groups_measured_together_learn_what_they_learn_one_at_a_time(closure):
+@pytest.mark.parametrize("mode", ["free", "closure"])
+def test_groups_measured_together_learn_what_they_learn_one_at_a_time(mode):
     """Two groups (weights, biases) of a small model share their inner-product kernels
     (`newt.functional.inner_products`); each still learns its own α, as with the
     single-tensor reference loop (``foreach=False``)."""
     runs = []
     for foreach in (True, False):
-        torch.manual_seed(0)
-        model = torch.nn.Sequential(torch.nn.Linear(5, 8), torch.nn.Tanh(), torch.nn.Linear(8, 1))
-        model.double()
-        weights = [p for n, p in model.named_parameters() if n.endswith("weight")]
-        biases = [p for n, p in model.named_parameters() if n.endswith("bias")]
+        model = make_mlp(dtype=torch.float64)
+        named = list(model.named_parameters())
         opt = newt.NewtOptimizer(torch.optim.Adam(
-            [{"params": weights}, {"params": biases, "lr": 1e-3}], lr=1e-2), foreach=foreach)
-        gen = torch.Generator().manual_seed(1)
+            [{"params": [p for n, p in named if n.endswith("weight")]},
+             {"params": [p for n, p in named if n.endswith("bias")], "lr": 1e-3}], lr=1e-2),
+            foreach=foreach)
         trace = []
-        for _ in range(30):
-            x = torch.randn(16, 5, generator=gen, dtype=torch.float64)
-            y = x.sum(1, keepdim=True).sin()
-
-            def loss_fn(x=x, y=y, model=model, opt=opt):
-                opt.zero_grad()
-                loss = torch.nn.functional.mse_loss(model(x), y)
-                loss.backward()
-                return loss
-
-            if closure:
-                opt.step(loss_fn)
-            else:
-                loss_fn()
-                opt.step()
+        for x, y in mlp_batches(30, batch=16):
+            step_in_mode(opt, mlp_closure(model, opt, x.double(), y), mode)
             trace.append(opt.alphas)
         runs.append((trace, [p.detach().clone() for p in model.parameters()]))
     (fused, p_fused), (loop, p_loop) = runs
