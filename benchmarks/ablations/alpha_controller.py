@@ -391,6 +391,7 @@ class Gate(Controller):
     overshoot_power: bool = False  # the shrink is applied to the power 1 − β₁
     overshoot_fix: bool = False  # after the overshoot, gated decreases no longer lower the cap
     overshoot_once: bool = True  # only the first overshoot of the run acts
+    overshoot_plain: bool = False  # H11: the overshoot acts only when β₁ = 0 and closure-free
     curvature: str = "auto"  # "auto": same-batch in closure mode; "fresh": always A − B
     reject: bool = False
     backoff: float = 0.7
@@ -478,7 +479,9 @@ class Gate(Controller):
                 if self.creep > 0 and s["n"] > self.creep_after:
                     new = min(new, s["alpha"] * self.creep)  # slow growth once the scale is known
                 limit = self.overshoot / (1 - self.momentum if self.overshoot_scaled else 1)
-                if B / A < limit and not (self.overshoot_once and s.get("shot")):
+                plain = self.momentum == 0 and not s["closure"]
+                if (B / A < limit and not (self.overshoot_once and s.get("shot"))
+                        and (plain or not self.overshoot_plain)):
                     # the step went past the fresh batch's line minimum by more than 2×
                     # (ρ < −1 on a quadratic): remember it as a cap, and step back
                     s["shot"] = 1.0
@@ -551,6 +554,9 @@ CONTROLLERS: dict[str, Controller] = {
     "rec_o1a": replace(REC, name="rec_o1a", overshoot=-1.0, overshoot_once=False),
     "rec_o1la": replace(REC, name="rec_o1la", overshoot=-1.0, overshoot_shrink=0.0,
                         overshoot_once=False),
+    "rec_o1p": replace(REC, name="rec_o1p", overshoot=-1.0, overshoot_plain=True),
+    "rec_o1np": replace(REC, name="rec_o1np", overshoot=-1.0, overshoot_shrink=1.0,
+                        overshoot_plain=True),
     "rec_k5": replace(REC, name="rec_k5", ratchet_k=5.0),
     "rec_k8": replace(REC, name="rec_k8", ratchet_k=8.0),
     "rec_u": replace(REC, name="rec_u", uncompensated=True),
