@@ -577,6 +577,11 @@ GATED_STREAK = 3
 GATED_STREAK_FACTOR = 0.9
 GATED_LR_MIN, GATED_LR_MAX = 1e-10, 100.0
 GATED_NONFINITE = 0.1
+GATED_OVERSHOOT = -1.0
+"""The first phase-2 fresh ratio ρ = B/A below this (the step went more than 2× past the
+fresh batch's line minimum), closure-free and without momentum, caps growth at
+GATED_RATCHET × α and shrinks α × GATED_OVERSHOOT_SHRINK (docs/design/alpha.md, H11)."""
+GATED_OVERSHOOT_SHRINK = 0.5
 
 
 class GatedState(NamedTuple):
@@ -611,6 +616,10 @@ class GatedState(NamedTuple):
     """int64: the number of EMA updates (for the bias correction 1 − β^n)."""
     updates: Scalar
     """int64: how many updates (phase 1 or 2) α has had."""
+    free: Scalar = False
+    """bool: the pending step was closure-free (no lookahead)."""
+    shot: Scalar = False
+    """bool: the first fresh overshoot has acted (closure-free, β₁ = 0; once a run)."""
 
 
 def gated_init(device: torch.device | None) -> GatedState:
@@ -619,7 +628,8 @@ def gated_init(device: torch.device | None) -> GatedState:
     false, zero, izero, nan = _zeros(device)
     return GatedState(pending=false, slope=nan, step=nan, started=false, phase=izero + 1,
                       cap=zero + math.inf, peak=zero, streak=izero, mean_b=zero, mean_b2=zero,
-                      mean_a=zero, mean_c=zero, count=izero, updates=izero)
+                      mean_a=zero, mean_c=zero, count=izero, updates=izero, free=false,
+                      shot=false)
 
 
 def gated_before_step(state: GatedState, probe: Probe, alpha: Scalar,
@@ -640,7 +650,10 @@ def gated_before_step(state: GatedState, probe: Probe, alpha: Scalar,
       $\tilde b < -3\,\mathrm{sd}$, an increase $\tilde b > 2\,\mathrm{sd}$), a decrease
       at most ×0.8; $\alpha' = \operatorname{clamp}(\alpha f^{1/2}, 10^{-10}, 100)$;
       a decrease sets the cap $\min(\text{cap}, 0.9\alpha)$, an increase stops at
-      $\max(\text{cap}, \alpha)$; α never falls below 0.3 × the phase-2 peak.
+      $\max(\text{cap}, \alpha)$; closure-free with $\beta_1 = 0$, the first
+      $\rho = B/A < -1$ of the run sets the cap $\min(\text{cap}, 0.9\alpha)$ and
+      $\alpha' \leftarrow \min(\alpha', \alpha/2)$; α never falls below 0.3 × the
+      phase-2 peak.
 
     A non-finite gradient skips the step, divides α by 10 and ends phase 1.
     """
@@ -684,6 +697,11 @@ def gated_before_step(state: GatedState, probe: Probe, alpha: Scalar,
     proposed = xp.clamp(a * xp.pow(f, GATED_GAMMA), GATED_LR_MIN, GATED_LR_MAX)
     cap = xp.where(f < 1, xp.minimum(state.cap, GATED_RATCHET * a), state.cap)
     proposed = xp.where(f > 1, xp.minimum(proposed, xp.maximum(cap, a)), proposed)
+    # the first fresh overshoot without momentum, closure-free: cap and step back (H11)
+    shot = (state.free & (probe.momentum == 0) & xp.not_(state.shot)
+            & (B / safe_A < GATED_OVERSHOOT))
+    cap = xp.where(shot, xp.minimum(cap, GATED_RATCHET * a), cap)
+    proposed = xp.where(shot, xp.minimum(proposed, GATED_OVERSHOOT_SHRINK * a), proposed)
     peak = xp.maximum(state.peak, a)
     proposed = xp.maximum(proposed, GATED_FLOOR * peak)
 
@@ -713,7 +731,8 @@ def gated_before_step(state: GatedState, probe: Probe, alpha: Scalar,
         mean_a=xp.where(newton, mean_a, state.mean_a),
         mean_c=xp.where(newton, mean_c, state.mean_c),
         count=xp.where(newton, count, state.count),
-        updates=state.updates + xp.integer(usable))
+        updates=state.updates + xp.integer(usable),
+        shot=state.shot | (newton & shot))
     return new_state, decision
 
 
@@ -756,7 +775,7 @@ def gated_after_step(state: GatedState, outcome: Outcome, alpha: Scalar,
     safeguard = xp.where(finite, int(Safeguard.LOSS_INCREASE), int(Safeguard.NONFINITE))
     new_state = state._replace(
         pending=accept, slope=A, step=a * scale, cap=cap, streak=streak,
-        phase=xp.where(finite, state.phase, 2))
+        phase=xp.where(finite, state.phase, 2), free=xp.const(not closure, state.pending))
     return new_state, Decision(
         alpha=xp.real(new_alpha, like=alpha), accept=accept, safeguard=safeguard,
         report=xp.not_(accept), used_alpha=a, lookahead_slope=B,

@@ -113,8 +113,11 @@ class GroupState:
 
         try:
             kind = GatedState if "phase" in state["rule"] else RuleState
-            rule_state: RuleState | GatedState = kind(
-                **{k: load(state["rule"][k]) for k in kind._fields})
+            saved = state["rule"]
+            # fields added later have defaults: a checkpoint without them still loads
+            rule_state: RuleState | GatedState = kind(**{
+                k: load(saved[k] if k in saved or k not in kind._field_defaults
+                        else _tensor(kind._field_defaults[k])) for k in kind._fields})
             record = Record(**{k: load(state["record"][k]) for k in Record._fields})
         except (KeyError, TypeError, AttributeError) as error:
             raise ValueError(

@@ -17,6 +17,7 @@ from torch import nn
 
 import newt
 from benchmarks.ablations import alpha_controller as ac
+from newt import rule
 from newt.problems import Problem
 
 DIM, HIDDEN, SAMPLES, BATCH = 6, 8, 256, 32
@@ -122,6 +123,8 @@ def test_matches_the_harness_float_implementation(inner, closure, monkeypatch):
     assert max(used) > 10 * used[0]
     if closure and inner == "Adam":
         assert ref.rejects > 0  # the undo path is exercised too
+    # closure-free SGD (β₁ = 0) meets its first fresh overshoot: the H11 event is exercised
+    assert bool(state.shot) is (inner == "SGD" and not closure)
 
 
 def test_starts_small_and_doubles_on_a_quadratic():
@@ -180,3 +183,34 @@ def test_default_is_unchanged_and_option_is_validated():
     assert opt.param_groups[0]["newt"]["controller"] == "newton"
     with pytest.raises(ValueError, match="controller"):
         newt.NewtOptimizer(torch.optim.SGD([w], lr=0.1), controller="fast")
+
+
+def _phase2(**fields) -> rule.GatedState:
+    """A phase-2 host state with a pending closure-free step: A = 1 at η = α = 0.5."""
+    state = rule.gated_init(None)._replace(
+        pending=True, slope=1.0, step=0.5, started=True, phase=2, peak=0.5, count=20,
+        mean_b=0.0, mean_b2=1.0, mean_a=2.0, mean_c=4.0, free=True)
+    return state._replace(**fields)
+
+
+@pytest.mark.parametrize("case", ["plain", "momentum", "closure", "again", "mild"])
+def test_the_first_fresh_overshoot_caps_and_shrinks_only_without_momentum_closure_free(case):
+    """ρ = B/A = −2 < −1: closure-free with β₁ = 0, the first such step sets the cap to
+    0.9α and halves α (H11); with momentum, after a closure step, a second time, or for
+    ρ ≥ −1, the rule is the one without the event."""
+    options = newt.NewtOptimizer(torch.optim.SGD([nn.Parameter(torch.ones(1))], lr=0.5),
+                                 controller="gated")._all_options()[0]
+    state = _phase2(free=case != "closure", shot=case == "again")
+    slope = -0.5 if case == "mild" else -2.0
+    momentum = 0.9 if case == "momentum" else 0.0
+    new, decision = rule.gated_before_step(state, rule.Probe(slope, True, momentum), 0.5,
+                                           options)
+    without, reference = rule.gated_before_step(state._replace(free=False),
+                                                rule.Probe(slope, True, momentum), 0.5, options)
+    if case == "plain":
+        assert new.shot and new.cap == pytest.approx(0.45)
+        assert decision.alpha == pytest.approx(min(0.25, reference.alpha))
+        assert decision.alpha < reference.alpha
+    else:
+        assert new.shot == state.shot and new.cap == without.cap
+        assert decision.alpha == reference.alpha

@@ -526,41 +526,46 @@ REC_V1 = Gate(name="rec_v1", tau0=0.2, power=1.0, kg=2.0, curvature="fresh", rej
 """The first candidate (``gate_t2m_g2_fresh_rej``): diverges SGD at 3600 evaluations (H5)."""
 REC_V2 = replace(REC_V1, name="rec_v2", ratchet=0.9, floor=0.3)
 """``rec_v1`` + ratchet + floor (H5); freezes closure-mode SGD on the CNN (H6)."""
-REC = replace(REC_V2, name="rec", streak=3, streak_cap=True, streak_factor=0.9)
-"""The recommended controller (docs/design/alpha.md, section 4): ``rec_v2`` + undo streak."""
+REC_H6 = replace(REC_V2, name="rec_h6", streak=3, streak_cap=True, streak_factor=0.9)
+"""``rec_v2`` + undo streak (H6): the recommended controller until H11, named ``rec`` in the
+record's tables before H11; the base of the H9–H11 variants."""
+REC = replace(REC_H6, name="rec", overshoot=-1.0, overshoot_plain=True)
+"""The recommended controller (docs/design/alpha.md, section 4): ``rec_h6`` + the first
+fresh overshoot as an event, closure-free and without momentum (``rec_o1p``, H11)."""
 
 CONTROLLERS: dict[str, Controller] = {
     "rec": REC,
+    "rec_h6": REC_H6,
     "rec_v1": REC_V1,
-    "rec_p8": replace(REC, name="rec_p8", prime=8.0),
-    "rec_o1": replace(REC, name="rec_o1", overshoot=-1.0),
-    "rec_o1l": replace(REC, name="rec_o1l", overshoot=-1.0, overshoot_shrink=0.0),
-    "rec_o1c5": replace(REC, name="rec_o1c5", overshoot=-1.0, overshoot_cap=0.5),
-    "rec_o1n": replace(REC, name="rec_o1n", overshoot=-1.0, overshoot_shrink=1.0),
-    "rec_o1n5": replace(REC, name="rec_o1n5", overshoot=-1.0, overshoot_shrink=1.0,
+    "rec_p8": replace(REC_H6, name="rec_p8", prime=8.0),
+    "rec_o1": replace(REC_H6, name="rec_o1", overshoot=-1.0),
+    "rec_o1l": replace(REC_H6, name="rec_o1l", overshoot=-1.0, overshoot_shrink=0.0),
+    "rec_o1c5": replace(REC_H6, name="rec_o1c5", overshoot=-1.0, overshoot_cap=0.5),
+    "rec_o1n": replace(REC_H6, name="rec_o1n", overshoot=-1.0, overshoot_shrink=1.0),
+    "rec_o1n5": replace(REC_H6, name="rec_o1n5", overshoot=-1.0, overshoot_shrink=1.0,
                         overshoot_cap=0.5),
-    "rec_o1s7": replace(REC, name="rec_o1s7", overshoot=-1.0, overshoot_shrink=0.7),
-    "rec_o1g": replace(REC, name="rec_o1g", overshoot=-1.0, overshoot_lag=True),
-    "rec_o1gg": replace(REC, name="rec_o1gg", overshoot=-1.0, overshoot_lag=True,
+    "rec_o1s7": replace(REC_H6, name="rec_o1s7", overshoot=-1.0, overshoot_shrink=0.7),
+    "rec_o1g": replace(REC_H6, name="rec_o1g", overshoot=-1.0, overshoot_lag=True),
+    "rec_o1gg": replace(REC_H6, name="rec_o1gg", overshoot=-1.0, overshoot_lag=True,
                         overshoot_cap_lag=True),
-    "rec_o1gf": replace(REC, name="rec_o1gf", overshoot=-1.0, overshoot_lag=True,
+    "rec_o1gf": replace(REC_H6, name="rec_o1gf", overshoot=-1.0, overshoot_lag=True,
                         overshoot_fix=True),
-    "rec_o1f": replace(REC, name="rec_o1f", overshoot=-1.0, overshoot_fix=True),
-    "rec_o1gm": replace(REC, name="rec_o1gm", overshoot=-1.0, overshoot_lag=True,
+    "rec_o1f": replace(REC_H6, name="rec_o1f", overshoot=-1.0, overshoot_fix=True),
+    "rec_o1gm": replace(REC_H6, name="rec_o1gm", overshoot=-1.0, overshoot_lag=True,
                         overshoot_scaled=True),
-    "rec_o1m": replace(REC, name="rec_o1m", overshoot=-1.0, overshoot_scaled=True),
-    "rec_o1gp": replace(REC, name="rec_o1gp", overshoot=-1.0, overshoot_lag=True,
+    "rec_o1m": replace(REC_H6, name="rec_o1m", overshoot=-1.0, overshoot_scaled=True),
+    "rec_o1gp": replace(REC_H6, name="rec_o1gp", overshoot=-1.0, overshoot_lag=True,
                         overshoot_scaled=True, overshoot_power=True),
-    "rec_o1a": replace(REC, name="rec_o1a", overshoot=-1.0, overshoot_once=False),
-    "rec_o1la": replace(REC, name="rec_o1la", overshoot=-1.0, overshoot_shrink=0.0,
+    "rec_o1a": replace(REC_H6, name="rec_o1a", overshoot=-1.0, overshoot_once=False),
+    "rec_o1la": replace(REC_H6, name="rec_o1la", overshoot=-1.0, overshoot_shrink=0.0,
                         overshoot_once=False),
-    "rec_o1p": replace(REC, name="rec_o1p", overshoot=-1.0, overshoot_plain=True),
-    "rec_o1np": replace(REC, name="rec_o1np", overshoot=-1.0, overshoot_shrink=1.0,
+    "rec_o1p": replace(REC_H6, name="rec_o1p", overshoot=-1.0, overshoot_plain=True),
+    "rec_o1np": replace(REC_H6, name="rec_o1np", overshoot=-1.0, overshoot_shrink=1.0,
                         overshoot_plain=True),
-    "rec_k5": replace(REC, name="rec_k5", ratchet_k=5.0),
-    "rec_k8": replace(REC, name="rec_k8", ratchet_k=8.0),
-    "rec_u": replace(REC, name="rec_u", uncompensated=True),
-    "rec_u_p2": replace(REC, name="rec_u_p2", uncompensated=True, peak=2.0),
+    "rec_k5": replace(REC_H6, name="rec_k5", ratchet_k=5.0),
+    "rec_k8": replace(REC_H6, name="rec_k8", ratchet_k=8.0),
+    "rec_u": replace(REC_H6, name="rec_u", uncompensated=True),
+    "rec_u_p2": replace(REC_H6, name="rec_u_p2", uncompensated=True, peak=2.0),
     "rec_v2": REC_V2,
     "rec_c01": replace(REC_V2, name="rec_c01", creep=1.01),
     "rec_c003": replace(REC_V2, name="rec_c003", creep=1.003),
