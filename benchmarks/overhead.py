@@ -31,6 +31,12 @@ over repeats of per-repeat medians:
    torch profiler's memory timeline. It counts tensor storage only (no
    allocator caching, no Python objects).
 
+4. **Kernels** (``--only kernels``): newt's per-step kernels on the digits MLP,
+   each against the form it replaced, interleaved: two groups' inner products in
+   one fused call against one call per group, the fused-path check made once per
+   step against at each call, the finiteness check read as one number against a
+   bool tensor then read.
+
 Inner optimizer: ``torch.optim.Adam`` with its CPU default (the single-tensor
 loop) and a float lr unless ``--tensor-lr`` (then ``lr`` is a 0-d tensor and
 newt writes α back without a host read). ``--threads`` sets torch's intra-op
@@ -462,6 +468,79 @@ def whole_steps(workload_name: str, inner: str, steps: int, repeats: int,
     return rows
 
 
+# ---------------------------------------------------------------- 3. the kernels of a step
+def kernels(calls: int, repeats: int) -> list[dict[str, Any]]:
+    """newt's per-step kernels on the digits MLP, each against the form it replaced, timed
+    interleaved: the inner products of two groups (weights, biases) in one fused call
+    against one call per group; one group's inner product with its fused-path check made
+    once per step against made at each call; the finiteness check between measurements
+    read as one number against a 0-d bool tensor then read."""
+    from newt import functional as F
+    from newt.problems import get_problem
+
+    problem = get_problem("digits_mlp")
+    model = problem.init(0)
+    loss = problem.loss(model, next(problem.batches(0)))
+    loss.backward()
+    named = list(model.named_parameters())
+    split = [[p for n, p in named if not n.endswith("bias")],
+             [p for n, p in named if n.endswith("bias")]]
+    params = [[p.detach() for p in g] for g in split]
+    snaps = [[p + 1e-3 for p in g] for g in params]
+    grads = [[p.grad for p in g] for g in split]
+    every = [p.grad for p in model.parameters()]
+    flat = [x for g in params for x in g], [x for g in snaps for x in g], [x for g in grads
+                                                                           for x in g]
+    dtypes = [torch.float32, torch.float32]
+    fused = [F.one_piece(s, p) for s, p in zip(snaps, params, strict=True)]
+    cases = {
+        "two groups: fused call": lambda: F.inner_products(grads, snaps, params,
+                                                           out_dtypes=dtypes, fused=fused),
+        "two groups: one call per group": lambda: [
+            F.group_inner_product(g, s, p, out_dtype=torch.float32)
+            for g, s, p in zip(grads, snaps, params, strict=True)],
+        "one group: check made once per step": lambda: F.group_inner_product(
+            flat[2], flat[1], flat[0], out_dtype=torch.float32, fused=True),
+        "one group: check at each call": lambda: F.group_inner_product(
+            flat[2], flat[1], flat[0], out_dtype=torch.float32),
+        "finiteness: read as one number": lambda: F.all_finite(every, read=True),
+        "finiteness: bool tensor, then read": lambda: bool(F.all_finite(every)),
+    }
+
+    def timer(fn: Callable[[], Any]) -> Callable[[], float]:
+        def run() -> float:
+            start = _clock()
+            for _ in range(calls):
+                fn()
+            return (_clock() - start) / calls
+        return run
+
+    for fn in cases.values():  # warm up
+        for _ in range(100):
+            fn()
+    results = _interleave({name: timer(fn) for name, fn in cases.items()}, repeats)
+    names = list(cases)
+    rows = []
+    for new_name, old_name in zip(names[::2], names[1::2], strict=True):
+        rows.append({"new": new_name, "old": old_name,
+                     "new_us": statistics.median(results[new_name]) * 1e6,
+                     "old_us": statistics.median(results[old_name]) * 1e6,
+                     "ratio": _median_ratio(results[new_name], results[old_name]),
+                     "iqr": _iqr([a / b for a, b in zip(results[new_name], results[old_name],
+                                                         strict=True)])})
+    return rows
+
+
+def _print_kernels(rows: list[dict[str, Any]]) -> None:
+    print("## The kernels of a step, digits MLP\n")
+    print("| kernel | µs per call | replaced form | µs per call | ratio (IQR) |")
+    print("|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['new']} | {r['new_us']:.1f} | {r['old']} | {r['old_us']:.1f} "
+              f"| {r['ratio']:.2f} ({r['iqr']}) |")
+    print()
+
+
 # ---------------------------------------------------------------- report
 def _fmt(x: float | None, digits: int = 2) -> str:
     return "n/a" if x is None else f"{x:.{digits}f}"
@@ -479,8 +558,9 @@ def main(argv: list[str] | None = None) -> None:
                         "machine); wall: time.perf_counter")
     parser.add_argument("--interval", type=int, default=INTERVAL,
                         help="the interval of the amortised rows (default %(default)s)")
-    parser.add_argument("--only", choices=("own", "steps"), default=None,
-                        help="run only the 10M-parameter own-work part or the digits steps")
+    parser.add_argument("--only", choices=("own", "steps", "kernels"), default=None,
+                        help="run only the 10M-parameter own-work part, the whole steps or "
+                        "the kernels")
     args = parser.parse_args(argv)
     INTERVAL = args.interval
     _VARIANTS.clear()
@@ -503,11 +583,13 @@ def main(argv: list[str] | None = None) -> None:
           + ("process CPU time" if args.clock == "cpu" else "wall time"))
     print(f"- inner: Adam(lr={'tensor' if args.tensor_lr else 'float'}), CPU\n")
 
-    if args.only != "steps":
+    if args.only in (None, "own"):
         _print_own_work(*own_work(big_steps, big_repeats, args.tensor_lr))
-    if args.only != "own":
+    if args.only in (None, "steps"):
         _print_whole_steps(small_steps, small_repeats, 2 * INTERVAL,
                            5 if args.quick else 11, args.tensor_lr)
+    if args.only in (None, "kernels"):
+        _print_kernels(kernels(200, 7 if args.quick else 21))
 
 
 def _print_own_work(rows: list[dict[str, Any]], n_params: int) -> None:
