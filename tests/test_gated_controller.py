@@ -214,3 +214,23 @@ def test_the_first_fresh_overshoot_caps_and_shrinks_only_without_momentum_closur
     else:
         assert new.shot == state.shot and new.cap == without.cap
         assert decision.alpha == reference.alpha
+
+
+@pytest.mark.parametrize("host", [True, False], ids=["host", "tensor"])
+def test_a_checkpoint_saved_before_the_overshoot_fields_loads(host):
+    """A gated state_dict without ``free`` and ``shot`` (saved before H11) loads, with
+    both false; the state then round-trips with them."""
+    _, model, opt = _core("SGD", 0.3, closure=False, steps=150)
+    saved = opt.state_dict()
+    assert bool(saved["newt"]["groups"][0]["rule"]["shot"])  # this run met its overshoot
+    for key in ("free", "shot"):
+        del saved["newt"]["groups"][0]["rule"][key]
+    fresh = newt.NewtOptimizer(torch.optim.SGD(model.parameters(), lr=0.3), controller="gated")
+    fresh._host_scalars = host
+    fresh.load_state_dict(saved)
+    rule_state = fresh._states[0].rule
+    assert not bool(rule_state.free) and not bool(rule_state.shot)
+    assert isinstance(rule_state.shot, torch.Tensor) is (not host)
+    again = newt.NewtOptimizer(torch.optim.SGD(model.parameters(), lr=0.3), controller="gated")
+    again.load_state_dict(opt.state_dict())
+    assert bool(again._states[0].rule.shot) and bool(again._states[0].rule.free)
