@@ -178,7 +178,8 @@ def _multi_tensor_inner_product(grads: Sequence[Tensor | None], snapshots: Seque
                                 fused: bool | None = None) -> Tensor:
     if fused is None:
         fused = one_piece(snapshots, params)
-    if fused and _grads_fit(grads, params[0]):
+    # ``fused`` is the caller's `one_piece`; the cheap parts of it are checked again here
+    if fused and params and not params[0].is_complex() and _grads_fit(grads, params[0]):
         # A small group of one device and dtype (the common case): four kernels in all.
         return _one_piece_inner_products(grads, snapshots, params,  # type: ignore[arg-type]
                                          [len(params)], [out_dtype], refresh)[0]
@@ -243,7 +244,8 @@ def group_inner_product(
             sharded across processes; replicated data-parallel parameters have
             equal gradients after the all-reduce and need no reduction).
         fused: `one_piece` ``(snapshots, params)`` if the caller already has it
-            (found here otherwise).
+            (found here otherwise). It must be that value: a ``True`` for tensors of
+            mixed dtypes or devices, or non-contiguous ones, is not checked again.
 
     Returns:
         A 0-d tensor of ``out_dtype`` on the first parameter's device (CPU for
@@ -286,8 +288,12 @@ def inner_products(
             f"inner_products: got {len(grads)} grad lists, {len(snapshots)} snapshot lists, "
             f"{len(params)} param lists and {len(out_dtypes)} dtypes; pass one per group"
         )
-    for g, s, p in zip(grads, snapshots, params, strict=True):
-        _check_lengths(g, s, p)
+    for i, (g, s, p) in enumerate(zip(grads, snapshots, params, strict=True)):
+        if not (len(g) == len(s) == len(p)):
+            raise ValueError(
+                f"inner_products: group {i} has {len(g)} grads, {len(s)} snapshots and "
+                f"{len(p)} params; pass one of each per parameter"
+            )
     if fused is None:
         fused = [one_piece(s, p) for s, p in zip(snapshots, params, strict=True)]
     if foreach and len(params) > 1 and all(fused):

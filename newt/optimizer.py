@@ -661,7 +661,6 @@ class NewtOptimizer(Optimizer):
         assert state is not None
         return _Active(index, group, self._group_options(index, group), state, [], [], [], [])
 
-
     def _inner_product(self, a: _Active, grads: list[Tensor | None],
                        refresh: bool = False) -> Tensor:
         """⟨g, s − p⟩ over a group (``None`` grads count as zero); ``refresh`` then sets s ← p.

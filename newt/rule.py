@@ -99,6 +99,9 @@ class Safeguard(enum.IntEnum):
     slope, α was doubled."""
     GATED = 10
     """``controller="gated"``: the averaged Newton factor was not significant; α kept."""
+    OVERSHOOT = 11
+    """``controller="gated"``, closure-free without momentum: the first fresh overshoot
+    (ρ = B/A < −1) capped later growth at 0.9α and halved α."""
 
 
 class StepSizeUpdate(NamedTuple):
@@ -714,8 +717,9 @@ def gated_before_step(state: GatedState, probe: Probe, alpha: Scalar,
     safeguard = xp.where(
         xp.not_(finite), int(Safeguard.SKIPPED), xp.where(
             grow, int(Safeguard.GROWTH), xp.where(
-                newton & (f == 1), int(Safeguard.GATED), xp.where(
-                    newton, int(Safeguard.NEWTON), int(Safeguard.FIRST_STEP)))))
+                newton & shot, int(Safeguard.OVERSHOOT), xp.where(
+                    newton & (f == 1), int(Safeguard.GATED), xp.where(
+                        newton, int(Safeguard.NEWTON), int(Safeguard.FIRST_STEP))))))
     nan = xp.const(math.nan, A)
     report = usable | xp.not_(finite)
     decision = Decision(

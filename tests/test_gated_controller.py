@@ -149,19 +149,25 @@ def test_starts_small_and_doubles_on_a_quadratic():
     assert opt.alphas[0] == 1e-8
 
 
-@pytest.mark.parametrize("closure", [False, True], ids=["free", "closure"])
-def test_resume_mid_run_is_bit_exact(closure):
-    steps, stop = 120, 70
-    used, model, opt = _core("Adam", 1e-2, closure=closure, steps=steps)
-    first, model1, opt1 = _core("Adam", 1e-2, closure=closure, steps=steps, stop=stop)
+@pytest.mark.parametrize(("inner", "closure"), [("Adam", False), ("Adam", True),
+                                               ("SGD", False)])
+def test_resume_mid_run_is_bit_exact(inner, closure):
+    """Adam in both modes; closure-free SGD resumed before its first overshoot (H11)."""
+    steps, stop = 150, 70
+    alpha0 = 1e-2 if inner == "Adam" else 0.3
+    used, model, opt = _core(inner, alpha0, closure=closure, steps=steps)
+    first, model1, opt1 = _core(inner, alpha0, closure=closure, steps=steps, stop=stop)
     buffer = io.BytesIO()
     torch.save({"model": model1.state_dict(), "opt": opt1.state_dict(), "t": stop}, buffer)
     buffer.seek(0)
     saved = torch.load(buffer, weights_only=True)
     assert int(saved["opt"]["newt"]["groups"][0]["rule"]["phase"]) == 2  # the gated state
-    rest, model2, opt2 = _core("Adam", 1e-2, closure=closure, steps=steps, resume=saved)
+    rest, model2, opt2 = _core(inner, alpha0, closure=closure, steps=steps, resume=saved)
     assert first + rest == used  # bit-exact step sizes
     assert opt2.alphas == opt.alphas
+    # closure-free SGD's event came after `stop`: the resumed run met it
+    assert not bool(opt1._states[0].rule.shot)
+    assert bool(opt2._states[0].rule.shot) is (inner == "SGD")
     for x, y in zip(opt._states[0].rule, opt2._states[0].rule, strict=True):
         assert x == y or (x != x and y != y)  # host scalars (NaN == NaN counts)
     for p, q in zip(model.parameters(), model2.parameters(), strict=True):
@@ -193,24 +199,33 @@ def _phase2(**fields) -> rule.GatedState:
     return state._replace(**fields)
 
 
-@pytest.mark.parametrize("case", ["plain", "momentum", "closure", "again", "mild"])
+@pytest.mark.parametrize("case", ["plain", "floor", "momentum", "closure", "again", "mild"])
 def test_the_first_fresh_overshoot_caps_and_shrinks_only_without_momentum_closure_free(case):
     """ρ = B/A = −2 < −1: closure-free with β₁ = 0, the first such step sets the cap to
-    0.9α and halves α (H11); with momentum, after a closure step, a second time, or for
-    ρ ≥ −1, the rule is the one without the event."""
+    0.9α and halves α (H11), above the floor 0.3 × peak; with momentum, after a closure
+    step, a second time, or for ρ ≥ −1, the rule is the one without the event."""
     options = newt.NewtOptimizer(torch.optim.SGD([nn.Parameter(torch.ones(1))], lr=0.5),
                                  controller="gated")._all_options()[0]
-    state = _phase2(free=case != "closure", shot=case == "again")
+    state = _phase2(shot=case == "again", peak=1.0 if case == "floor" else 0.5)
+    if case == "closure":  # the pending step came from a closure step (with a lookahead)
+        state, _ = rule.gated_after_step(state, rule.Outcome(
+            slope=1.0, lookahead_slope=0.5, loss=1.0, lookahead_loss=0.9, own_loss=True,
+            scale=1.0), 0.5, options)
+        assert state.free is False and state.pending
     slope = -0.5 if case == "mild" else -2.0
     momentum = 0.9 if case == "momentum" else 0.0
     new, decision = rule.gated_before_step(state, rule.Probe(slope, True, momentum), 0.5,
                                            options)
     without, reference = rule.gated_before_step(state._replace(free=False),
                                                 rule.Probe(slope, True, momentum), 0.5, options)
-    if case == "plain":
+    if case in ("plain", "floor"):
         assert new.shot and new.cap == pytest.approx(0.45)
-        assert decision.alpha == pytest.approx(min(0.25, reference.alpha))
-        assert decision.alpha < reference.alpha
+        assert decision.safeguard == rule.Safeguard.OVERSHOOT
+        if case == "plain":
+            assert decision.alpha == pytest.approx(0.25)
+            assert decision.alpha < reference.alpha
+        else:  # the floor comes after the shrink: 0.3 × the peak 1.0
+            assert decision.alpha == pytest.approx(0.3)
     else:
         assert new.shot == state.shot and new.cap == without.cap
         assert decision.alpha == reference.alpha
