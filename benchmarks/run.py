@@ -87,6 +87,10 @@ class Config:
     exclude: tuple[str, ...] = ()  # method globs left out unless --methods is given
 
 
+STANDARD_VARIANTS = '{"gated": {"controller": "gated"}}'
+"""The newt variants of every standard run: the opt-in controller for closure-free
+mini-batch training (docs/design/alpha.md), next to the default rule."""
+
 QUICK = Config(
     name="quick",
     budgets={"rosenbrock": 400, "quadratic_1e4": 300, "breast_cancer_logreg": 300,
@@ -96,7 +100,8 @@ QUICK = Config(
     cost_problems=("breast_cancer_logreg", "digits_mlp"),
     cost_rounds=5,
     equal_steps=False,
-    exclude=("*newt-seed*", "*newt[closure]+cos", "*newt[reuse]+cos", "D-Adapt Adam+cos", "DoG"),
+    exclude=("*newt-seed*", "*newt[closure]+cos", "*newt[reuse]+cos", "D-Adapt Adam+cos", "DoG",
+             "*newt:gated[closure]*", "*newt:gated[reuse]*", "*newt:gated[free]+cos"),
     notes=("QUICK run: 5 of the 13 problems, shortened budgets (quadratic_deep 50 epochs "
            "instead of 100, digits MLP 20 epochs), no long budgets, 2 seeds on stochastic "
            "problems, no equal-steps column (`--equal-steps` adds it). `--full` runs the whole "
@@ -238,12 +243,16 @@ def _select_methods(args: argparse.Namespace,
     notes = []
     if args.newt_options:
         notes.append(f"The `newt` rows use the default preset with `{args.newt_options}`.")
-    if args.newt_variants:
+    variants = json.loads(args.newt_variants) if args.newt_variants else None
+    if variants:
         notes.append(f"`newt:label` rows are variants of the default preset: "
-                     f"`{args.newt_variants}`.")
+                     f"`{args.newt_variants}`"
+                     + (" (the standard variant: the gated controller, opt-in, for "
+                        "closure-free mini-batch training)."
+                        if args.newt_variants == STANDARD_VARIANTS else "."))
     methods = catalog(
         newt_options=json.loads(args.newt_options) if args.newt_options else None,
-        variants=json.loads(args.newt_variants) if args.newt_variants else None,
+        variants=variants,
         inners=args.inners.split(","),
         modes=args.modes.split(","),
         presets=args.presets.split(","),
@@ -328,8 +337,10 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--presets", default="default,seed", help="newt presets")
     parser.add_argument("--newt-options", help="JSON overrides of newt's default preset, "
                         "e.g. '{\"gamma\": 0.3, \"update\": \"linear\"}'")
-    parser.add_argument("--newt-variants", help="JSON {label: options}: extra newt rows, "
-                        "e.g. '{\"g03\": {\"gamma\": 0.3}, \"fmax4\": {\"factor_max\": 4}}'")
+    parser.add_argument("--newt-variants", default=STANDARD_VARIANTS,
+                        help="JSON {label: options}: extra newt rows (default %(default)s: "
+                        "the gated controller recommended for closure-free mini-batch "
+                        "training), e.g. '{\"g03\": {\"gamma\": 0.3}}'; '{}' for none")
     parser.add_argument("--seeds", type=int, help="seeds per point on stochastic problems")
     parser.add_argument("--long-seeds", type=int, help="seeds per point on the long-budget rows "
                         "(default: --seeds)")
