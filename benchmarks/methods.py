@@ -154,6 +154,8 @@ class Method:
     def key(self) -> str:
         """A string that identifies the method and its options (for caching runs)."""
         key = self.name + (json.dumps(dict(self.options), sort_keys=True) if self.options else "")
+        if self.average and self.kind == "newt":  # a variant measured at an iterate average
+            key += f"|average={self.average}"
         if self.peer:  # the peer's fixed arguments: a changed set-up is not reused
             key += "|" + json.dumps(PEERS[self.peer][4], sort_keys=True)
         return key
@@ -166,6 +168,8 @@ def _suffix(schedule: str) -> str:
 def _newt(inner: str, mode: str, preset: str, options: dict[str, Any], variant: str,
           schedule: str = "") -> Method:
     label = "newt" + ("-seed" if preset == "seed" else "") + (f":{variant}" if variant else "")
+    options = dict(options)
+    average = float(options.pop("average", 0.0))  # measured at an iterate average (γ)
     return Method(
         name=f"{inner}+{label}[{mode}]{_suffix(schedule)}",
         kind="newt",
@@ -175,6 +179,7 @@ def _newt(inner: str, mode: str, preset: str, options: dict[str, Any], variant: 
         options=tuple(sorted(options.items())),
         variant=variant,
         schedule=schedule,
+        average=average,
     )
 
 

@@ -340,7 +340,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--newt-variants", default=STANDARD_VARIANTS,
                         help="JSON {label: options}: extra newt rows (default %(default)s: "
                         "the gated controller recommended for closure-free mini-batch "
-                        "training), e.g. '{\"g03\": {\"gamma\": 0.3}}'; '{}' for none")
+                        "training), e.g. '{\"g03\": {\"gamma\": 0.3}}'; '{}' for none; "
+                        "the key \"average\": γ measures a variant at DoG's polynomial-decay "
+                        "iterate average")
     parser.add_argument("--seeds", type=int, help="seeds per point on stochastic problems")
     parser.add_argument("--long-seeds", type=int, help="seeds per point on the long-budget rows "
                         "(default: --seeds)")
