@@ -6,6 +6,8 @@ at an equal number of gradient evaluations (forward + backward passes):
 
 - ``NewtOptimizer(inner)`` closure-free: the next batch's gradient is the
   lookahead, one evaluation per step;
+- ``NewtOptimizer(inner, controller="gated")`` closure-free: the opt-in
+  controller for noisy mini-batch training (starts at min(lr, 1e-6));
 - ``NewtOptimizer(inner)`` with a closure: two evaluations per step (half as
   many steps);
 - the seed project's rule and API (``newt.Newt`` scheduler with its default
@@ -42,7 +44,8 @@ FIGURE = "newt-demo.png"  # the figure's name inside --out DIR
 INNER = {"adam": torch.optim.Adam, "sgd": torch.optim.SGD}
 BAD_LR = {"adam": 1e-5, "sgd": 1e-4}
 GRID = {"adam": (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2), "sgd": (0.01, 0.03, 0.1, 0.3, 1.0)}
-MODES = {"fixed": 1, "newt": 1, "newt-closure": 2, "seed": 2}  # gradient evaluations per step
+# gradient evaluations per step
+MODES = {"fixed": 1, "newt": 1, "newt-gated": 1, "newt-closure": 2, "seed": 2}
 
 
 @dataclass
@@ -73,7 +76,8 @@ def train(problem: Any, inner: str, lr: float, mode: str, budget: int, seed: int
         inner: ``"adam"`` or ``"sgd"``.
         lr: the inner optimizer's (initial) learning rate.
         mode: ``"fixed"`` (the inner optimizer alone), ``"newt"`` (closure-free
-            ``NewtOptimizer``), ``"newt-closure"`` (``NewtOptimizer`` with a
+            ``NewtOptimizer``), ``"newt-gated"`` (the same with
+            ``controller="gated"``), ``"newt-closure"`` (``NewtOptimizer`` with a
             closure) or ``"seed"`` (the ``Newt`` scheduler with the seed's rule).
         budget: gradient evaluations (a step costs ``MODES[mode]`` of them).
         seed: seeds the initial weights and the batch order.
@@ -89,7 +93,8 @@ def train(problem: Any, inner: str, lr: float, mode: str, budget: int, seed: int
     per_step = MODES[mode]
     every = max(1, budget // points)
 
-    newt_opt = NewtOptimizer(inner_opt) if mode in ("newt", "newt-closure") else None
+    newt_opt = (NewtOptimizer(inner_opt, controller="gated") if mode == "newt-gated"
+                else NewtOptimizer(inner_opt) if mode in ("newt", "newt-closure") else None)
     loss_criterion = torch.nn.CrossEntropyLoss()  # the digits problems' loss, for the seed's API
     scheduler = Newt(inner_opt, NewtConfig(model=model, loss_criterion=loss_criterion)) \
         if mode == "seed" else None
@@ -106,7 +111,7 @@ def train(problem: Any, inner: str, lr: float, mode: str, budget: int, seed: int
             inner_opt.zero_grad()
             problem.loss(model, batch).backward()
             inner_opt.step()
-        elif mode == "newt":
+        elif mode in ("newt", "newt-gated"):
             assert newt_opt is not None
             newt_opt.zero_grad()
             problem.loss(model, batch).backward()
@@ -301,7 +306,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     threads = torch.get_num_threads()
     torch.set_num_threads(max(1, args.threads))
     started = time.perf_counter()
-    progress = _Progress(budget * (len(grid) + 4), len(grid) + 4, args.progress)
+    progress = _Progress(budget * (len(grid) + 5), len(grid) + 5, args.progress)
     try:
         def run(lr: float, mode: str, label: str) -> Run:
             progress.start(label)
@@ -311,6 +316,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         best_lr, best = min(zip(grid, tuned, strict=True), key=lambda pair: pair[1].train_loss
                             if math.isfinite(pair[1].train_loss) else math.inf)
         labels = {"newt": f"newt({name}) closure-free, from lr={bad:g}",
+                  "newt-gated": f"newt({name}) closure-free gated, from lr={bad:g}",
                   "newt-closure": f"newt({name}) with closure, from lr={bad:g}",
                   "seed": f"seed's rule (newt.Newt), from lr={bad:g}",
                   "fixed": f"{name} fixed at the bad lr={bad:g}"}

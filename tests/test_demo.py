@@ -53,9 +53,9 @@ def test_off_a_terminal_each_run_prints_a_progress_line(tmp_path, capsys):
     assert demo.main(["--quick", "--out", str(tmp_path)]) == 0
     lines = [line for line in capsys.readouterr().err.splitlines()
              if line.startswith("newt-demo: run ")]
-    assert len(lines) == 7  # three grid points, then newt, newt with closure, seed, fixed
-    assert lines[0].startswith("newt-demo: run 1/7: Adam fixed lr=")
-    assert lines[-1].startswith("newt-demo: run 7/7: Adam fixed at the bad lr=1e-05")
+    assert len(lines) == 8  # three grid points, newt, newt gated, newt with closure, seed, fixed
+    assert lines[0].startswith("newt-demo: run 1/8: Adam fixed lr=")
+    assert lines[-1].startswith("newt-demo: run 8/8: Adam fixed at the bad lr=1e-05")
 
 
 def _run(mode: str, lrs: list[float]) -> demo.Run:
