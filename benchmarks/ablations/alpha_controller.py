@@ -377,6 +377,7 @@ class Gate(Controller):
     floor: float = 0.0  # > 0: α never falls below floor × the largest α of phase 2
     ratchet_k: float = 0.0  # only a decrease this many s.d. beyond the gate sets the cap
     relax: float = 1.0  # the ceiling grows by this factor per phase-2 step
+    relax_gated: float = 1.0  # H14: … by this factor on each step whose growth passed the gate
     brake: float = 0.0  # > 0: shrink when the fast average of A/α exceeds brake × the slow one
     brake_factor: float = 0.5
     rho_rel: bool = False  # phase 1 stops at rho_stop × the initial ratio ρ₀
@@ -473,6 +474,8 @@ class Gate(Controller):
                     if (f < 1 and shifted < -self.ratchet_k * sd
                             and not (self.overshoot_fix and s.get("shot"))):
                         ceiling = min(ceiling, self.ratchet * s["alpha"])
+                    if f > 1:  # a significant growth (the gate passed) relaxes the cap (H14)
+                        ceiling *= self.relax_gated
                     s["ceiling"] = ceiling
                     if f > 1:
                         new = min(new, max(ceiling, s["alpha"]))
@@ -560,6 +563,8 @@ CONTROLLERS: dict[str, Controller] = {
     "rec_o1la": replace(REC_H6, name="rec_o1la", overshoot=-1.0, overshoot_shrink=0.0,
                         overshoot_once=False),
     "rec_o1p": replace(REC_H6, name="rec_o1p", overshoot=-1.0, overshoot_plain=True),
+    "rec_rg02": replace(REC, name="rec_rg02", relax_gated=1.02),
+    "rec_rg05": replace(REC, name="rec_rg05", relax_gated=1.05),
     "rec_o1np": replace(REC_H6, name="rec_o1np", overshoot=-1.0, overshoot_shrink=1.0,
                         overshoot_plain=True),
     "rec_k5": replace(REC_H6, name="rec_k5", ratchet_k=5.0),
