@@ -72,10 +72,10 @@ def _real(t: Tensor) -> Tensor:
 
 
 def _check_lengths(grads: Sequence[Tensor | None], snapshots: Sequence[Tensor],
-                   params: Sequence[Tensor]) -> None:
+                   params: Sequence[Tensor], where: str = "group_inner_product: got") -> None:
     if len(grads) != len(params) or len(snapshots) != len(params):
         raise ValueError(
-            f"group_inner_product: got {len(grads)} grads, {len(snapshots)} snapshots and "
+            f"{where} {len(grads)} grads, {len(snapshots)} snapshots and "
             f"{len(params)} params; pass one of each per parameter"
         )
 
@@ -289,11 +289,7 @@ def inner_products(
             f"{len(params)} param lists and {len(out_dtypes)} dtypes; pass one per group"
         )
     for i, (g, s, p) in enumerate(zip(grads, snapshots, params, strict=True)):
-        if not (len(g) == len(s) == len(p)):
-            raise ValueError(
-                f"inner_products: group {i} has {len(g)} grads, {len(s)} snapshots and "
-                f"{len(p)} params; pass one of each per parameter"
-            )
+        _check_lengths(g, s, p, where=f"inner_products: group {i} has")
     if fused is None:
         fused = [one_piece(s, p) for s, p in zip(snapshots, params, strict=True)]
     if foreach and len(params) > 1 and all(fused):

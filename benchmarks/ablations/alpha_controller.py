@@ -476,9 +476,8 @@ class Gate(Controller):
                         ceiling = min(ceiling, self.ratchet * s["alpha"])
                     if f > 1:  # a significant growth (the gate passed) relaxes the cap (H14)
                         ceiling *= self.relax_gated
-                    s["ceiling"] = ceiling
-                    if f > 1:
                         new = min(new, max(ceiling, s["alpha"]))
+                    s["ceiling"] = ceiling
                 if self.creep > 0 and s["n"] > self.creep_after:
                     new = min(new, s["alpha"] * self.creep)  # slow growth once the scale is known
                 limit = self.overshoot / (1 - self.momentum if self.overshoot_scaled else 1)
@@ -563,10 +562,10 @@ CONTROLLERS: dict[str, Controller] = {
     "rec_o1la": replace(REC_H6, name="rec_o1la", overshoot=-1.0, overshoot_shrink=0.0,
                         overshoot_once=False),
     "rec_o1p": replace(REC_H6, name="rec_o1p", overshoot=-1.0, overshoot_plain=True),
-    "rec_rg02": replace(REC, name="rec_rg02", relax_gated=1.02),
-    "rec_rg05": replace(REC, name="rec_rg05", relax_gated=1.05),
     "rec_o1np": replace(REC_H6, name="rec_o1np", overshoot=-1.0, overshoot_shrink=1.0,
                         overshoot_plain=True),
+    "rec_rg02": replace(REC, name="rec_rg02", relax_gated=1.02),
+    "rec_rg05": replace(REC, name="rec_rg05", relax_gated=1.05),
     "rec_k5": replace(REC_H6, name="rec_k5", ratchet_k=5.0),
     "rec_k8": replace(REC_H6, name="rec_k8", ratchet_k=8.0),
     "rec_u": replace(REC_H6, name="rec_u", uncompensated=True),
