@@ -233,7 +233,11 @@ class NewtOptimizer(Optimizer):
             above half the step's own, then follows an averaged Newton factor on a
             slope shifted by 0.2(1 − β₁), changed only when significant; it reads the
             inner group's `betas[0]` or `momentum` as β₁). The Newton rule's other
-            options do not apply to it, except `reject`.
+            options do not apply to it, except `reject`. Or `"auto"` (opt-in): the
+            gated controller, which hands over to the Newton rule at the user's lr
+            when three fresh measurements at its tiny start give |1 − B/A| < 1e-3, a
+            gradient without batch noise (`docs/design/alpha.md`, H15); for a script
+            that runs on full batches and on mini-batches alike.
 
     Examples:
         >>> import torch, newt
@@ -749,7 +753,7 @@ class NewtOptimizer(Optimizer):
             fresh_value = _value(fresh, host)
             xp = scalars.ops(fresh_value)
             alpha = self._alpha(a.group, a.state, a.state.device)
-            momentum = _momentum(a.group) if a.options.controller == "gated" else 0.0
+            momentum = _momentum(a.group) if a.options.controller != "newton" else 0.0
             a.state.rule, decision = rule.before_step(
                 a.state.rule, Probe(fresh_value, xp.isfinite(fresh_value), momentum), alpha,
                 a.options)

@@ -27,11 +27,13 @@ __all__ = ["OPTION_NAMES", "NewtOptions"]
 Curvature = Literal["gradient", "loss"]
 Slope = Literal["next_batch", "same_batch"]
 Update = Literal["log", "exp", "linear"]
-Controller = Literal["newton", "gated"]
+Controller = Literal["auto", "newton", "gated"]
 
 _CHOICES: dict[str, dict[str, str]] = {
     "controller": {"newton": "the damped Newton rule (the default)",
-                   "gated": "the significance-gated controller of docs/design/alpha.md"},
+                   "gated": "the significance-gated controller of docs/design/alpha.md",
+                   "auto": "the gated controller, or the Newton rule where the gradients are "
+                           "deterministic"},
     "curvature": {"gradient": "gradient difference", "loss": "loss difference"},
     "slope": {"next_batch": "lookahead slope from the next batch",
               "same_batch": "the seed's same-batch slope"},

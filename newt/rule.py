@@ -52,6 +52,8 @@ __all__ = [
     "StepSizeUpdate",
     "Update",
     "after_step",
+    "auto_before_step",
+    "auto_init",
     "before_step",
     "curvature_estimate",
     "gated_after_step",
@@ -428,8 +430,10 @@ def init(device: torch.device | None) -> RuleState:
 
 
 def _own_state(state: RuleState | GatedState, options: NewtOptions) -> RuleState | GatedState:
-    """The state of the group's ``controller``; a state of the other one (the option was
-    changed mid-run) is replaced by a fresh one."""
+    """The state of the group's ``controller``; a state of another one (the option was
+    changed mid-run) is replaced by a fresh one. ``"auto"`` owns both kinds."""
+    if options.controller == "auto":
+        return state
     if options.controller == "gated":
         return state if isinstance(state, GatedState) else gated_init(_device(state))
     return state if isinstance(state, RuleState) else init(_device(state))
@@ -440,6 +444,8 @@ def before_step(state: RuleState | GatedState, probe: Probe, alpha: Scalar,
     """At θ_t: α_t and whether to step, by the group's ``controller``
     (`newton_before_step` or `gated_before_step`)."""
     state = _own_state(state, options)
+    if options.controller == "auto":
+        return auto_before_step(state, probe, alpha, options)
     if isinstance(state, GatedState):
         return gated_before_step(state, probe, alpha, options)
     return newton_before_step(state, probe, alpha, options)
@@ -587,6 +593,14 @@ GATED_RATCHET × α and shrinks α × GATED_OVERSHOOT_SHRINK (docs/design/alpha.
 GATED_OVERSHOOT_SHRINK = 0.5
 
 
+AUTO_QUIET = 1e-3
+"""``controller="auto"``: a fresh measurement at the gated start (α ≤ 1e-6) is quiet if
+|1 − B/A| is below this: 1.5e-3 was the largest of eight deterministic problems (SGD on
+Rosenbrock), 1.2e-2 the smallest first measurement of five mini-batch ones (H15)."""
+AUTO_CHECKS = 3
+"""``controller="auto"``: quiet measurements in a row that hand over to the Newton rule."""
+
+
 class GatedState(NamedTuple):
     """The gated controller's state for one group (Python numbers on the host, else 0-d
     tensors; floats are float64)."""
@@ -623,6 +637,15 @@ class GatedState(NamedTuple):
     """bool: the pending step was closure-free (no lookahead)."""
     shot: Scalar = False
     """bool: the first fresh overshoot has acted (closure-free, β₁ = 0; once a run)."""
+    watch: Scalar = False
+    """bool, ``controller="auto"``: still testing whether the gradients are noisy (a
+    host bool; a loaded checkpoint's tensor is read once)."""
+    quiet: Scalar = 0
+    """int64, ``controller="auto"``: fresh measurements so far with $|1 - B/A|$ below
+    `AUTO_QUIET`."""
+    initial: Scalar = math.nan
+    """α₀ as the user gave it, before the start at min(α₀, 1e-6) (``controller="auto"``
+    restores it when it hands over to the Newton rule)."""
 
 
 def gated_init(device: torch.device | None) -> GatedState:
@@ -633,6 +656,53 @@ def gated_init(device: torch.device | None) -> GatedState:
                       cap=zero + math.inf, peak=zero, streak=izero, mean_b=zero, mean_b2=zero,
                       mean_a=zero, mean_c=zero, count=izero, updates=izero, free=false,
                       shot=false)
+
+
+def auto_init(device: torch.device | None) -> GatedState:
+    """``controller="auto"`` before the first step: the gated controller, watching."""
+    return gated_init(device)._replace(watch=True)
+
+
+def auto_before_step(state: RuleState | GatedState, probe: Probe, alpha: Scalar,
+                     options: NewtOptions) -> tuple[RuleState | GatedState, Decision]:
+    r"""``controller="auto"``: the gated controller, or the Newton rule
+    where the gradients are deterministic (docs/design/alpha.md, H15).
+
+    It starts as the gated controller, whose first steps are tiny ($\alpha \le
+    10^{-6}$). At such a step a deterministic gradient barely changes,
+    $B/A = 1 - O(\alpha\, u^\top H u / g^\top u)$, while a fresh batch's
+    gradient differs from the last one by the batch noise, at any α. So each fresh
+    measurement while watching is *quiet* if $|1 - B/A| <$ `AUTO_QUIET`:
+
+    - the first noisy one ends the watch: the gated controller goes on, unchanged;
+    - the `AUTO_CHECKS`-th quiet one hands over to the Newton rule (`newton_before_step`
+      from a fresh `RuleState`) at the user's α₀.
+
+    Python control flow, unlike the rest of this module: while watching, a device
+    group's verdict (one number) is read on the host once per step; never after.
+    """
+    if not isinstance(state, GatedState):
+        return newton_before_step(state, probe, alpha, options)
+    watch = bool(state.watch)  # a host bool (read once after loading a checkpoint)
+    new, decision = gated_before_step(state, probe, alpha, options)
+    if not watch:
+        return new._replace(watch=False), decision
+    xp = ops(state.slope)
+    A = state.slope
+    B = xp.real(probe.fresh_slope, like=A)
+    usable = (state.pending & probe.gradient_finite & xp.isfinite(A) & (A != 0)
+              & xp.isfinite(B))
+    rho = B / xp.where(usable, A, xp.const(1.0, A))
+    quiet = (rho > 1 - AUTO_QUIET) & (rho < 1 + AUTO_QUIET)
+    verdict = int(xp.integer(usable) * (1 + xp.integer(quiet)))  # 0 none, 1 noisy, 2 quiet
+    initial = xp.where(state.started, state.initial, xp.real(alpha, like=A))
+    new = new._replace(initial=initial, watch=verdict != 1)
+    if verdict == 2:
+        new = new._replace(quiet=int(state.quiet) + 1)  # a host int, as ``watch``
+        if new.quiet >= AUTO_CHECKS:  # deterministic: the Newton rule, from α₀
+            return newton_before_step(init(_device(state)), probe,
+                                      xp.real(initial, like=alpha), options)
+    return new, decision
 
 
 def gated_before_step(state: GatedState, probe: Probe, alpha: Scalar,

@@ -89,7 +89,8 @@ class GroupState:
     def new(cls, device: torch.device | None, controller: str = "newton") -> GroupState:
         """The state before the first step of ``controller`` (``"newton"`` or ``"gated"``),
         of host scalars for ``device=None``, else of 0-d tensors on ``device``."""
-        state = rule.gated_init(device) if controller == "gated" else rule.init(device)
+        state = (rule.gated_init(device) if controller == "gated" else
+                 rule.auto_init(device) if controller == "auto" else rule.init(device))
         return cls(rule=state, record=Record.empty(device))
 
     def to_dict(self) -> dict[str, Any]:

@@ -1,0 +1,224 @@
+"""``controller="auto"``: the gated controller on noisy gradients, the Newton rule on
+deterministic ones (docs/design/alpha.md, H15).
+
+The oracles are the two controllers it dispatches to: on mini-batches an auto run is the
+gated run bit for bit; on a full batch it takes `rule.AUTO_CHECKS` tiny gated steps and
+then the Newton rule's steps from the user's α₀.
+"""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import newt
+from newt import rule
+
+DIM, SAMPLES, BATCH = 8, 256, 16
+
+
+def _data(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(SAMPLES, DIM, generator=gen, dtype=torch.float64)
+    y = x @ torch.randn(DIM, 1, generator=gen, dtype=torch.float64) + 0.3 * torch.randn(
+        SAMPLES, 1, generator=gen, dtype=torch.float64)
+    return x, y
+
+
+def _run(controller: str, *, full_batch: bool, closure: bool = False, steps: int = 30,
+         lr: float = 0.05, inner: str = "Adam", stop: int | None = None,
+         resume: dict | None = None, tensor: bool = False):
+    """Least squares on a linear model; returns (α after each step, model, optimizer)."""
+    torch.manual_seed(0)
+    model = torch.nn.Linear(DIM, 1).double()
+    x, y = _data()
+    cls = torch.optim.Adam if inner == "Adam" else torch.optim.SGD
+    step_size = torch.tensor(lr, dtype=torch.float64) if tensor else lr
+    opt = newt.NewtOptimizer(cls(model.parameters(), lr=step_size,
+                                 **({"foreach": False} if tensor else {})),
+                             controller=controller)
+    if tensor:
+        opt._host_scalars = False
+    if resume is not None:
+        model.load_state_dict(resume["model"])
+        opt.load_state_dict(resume["opt"])
+    gen = torch.Generator().manual_seed(1)
+    alphas = []
+    for t in range(steps):
+        index = (torch.arange(SAMPLES) if full_batch
+                 else torch.randint(0, SAMPLES, (BATCH,), generator=gen))
+        if resume is not None and t < resume["steps"]:
+            continue  # the batches the saved run already used
+
+        def loss_fn(index: torch.Tensor = index) -> torch.Tensor:
+            opt.zero_grad()
+            loss = 0.5 * (model(x[index]) - y[index]).pow(2).mean()
+            loss.backward()
+            return loss
+
+        if closure:
+            opt.step(loss_fn)
+        else:
+            loss_fn()
+            opt.step()
+        alphas.append(opt.alphas[0])
+        if stop is not None and t + 1 == stop:
+            buffer = io.BytesIO()
+            torch.save({"model": model.state_dict(), "opt": opt.state_dict(),
+                        "steps": stop}, buffer)
+            buffer.seek(0)
+            return alphas, model, torch.load(buffer, weights_only=False)
+    return alphas, model, opt
+
+
+@pytest.mark.parametrize("closure", [False, True], ids=["free", "closure"])
+@pytest.mark.parametrize("inner", ["Adam", "SGD"])
+def test_on_minibatches_auto_is_the_gated_controller_bit_for_bit(closure, inner):
+    auto, model_a, opt = _run("auto", full_batch=False, closure=closure, inner=inner)
+    gated, model_g, _ = _run("gated", full_batch=False, closure=closure, inner=inner)
+    assert auto == gated
+    for p, q in zip(model_a.parameters(), model_g.parameters(), strict=True):
+        assert torch.equal(p, q)
+    state = opt._states[0].rule
+    assert isinstance(state, rule.GatedState) and state.watch is False  # decided: noisy
+    assert len(set(auto)) > 5  # α moved
+
+
+@pytest.mark.parametrize("closure", [False, True], ids=["free", "closure"])
+@pytest.mark.parametrize("inner", ["Adam", "SGD"])
+def test_on_a_full_batch_auto_hands_over_to_the_newton_rule_at_alpha0(closure, inner):
+    lr = 0.05
+    auto, model, opt = _run("auto", full_batch=True, closure=closure, inner=inner, lr=lr)
+    checks = rule.AUTO_CHECKS
+    # the gated start: α ≤ 1e-6, doubling, until the last quiet measurement
+    assert auto[:checks] == pytest.approx([1e-6 * 2**k for k in range(checks)])
+    assert isinstance(opt._states[0].rule, rule.RuleState)
+    assert auto[checks] == lr  # the Newton rule's first step, at the user's α₀
+    newton, model_n, _ = _run("newton", full_batch=True, closure=closure, inner=inner, lr=lr,
+                              steps=30 - checks)
+    x, y = _data()
+    final = [0.5 * (m(x) - y).pow(2).mean().item() for m in (model, model_n)]
+    initial = float(0.5 * y.pow(2).mean())  # the loss at θ = 0, about the start's
+    assert final[0] < 0.2 * initial  # it trains
+    if inner == "SGD":
+        # the tiny steps barely moved θ: from there on the Newton rule's run (the first
+        # steps to rounding; the rule's clamps amplify the 1e-6-sized difference later)
+        assert auto[checks:checks + 8] == pytest.approx(newton[:8], rel=1e-4)
+        assert final[0] == pytest.approx(final[1], rel=0.2)
+    # With Adam its moments saw the tiny steps' gradients: the same rule, not the same run.
+
+
+def test_a_nonfinite_first_gradient_is_no_measurement():
+    torch.manual_seed(0)
+    model = torch.nn.Linear(DIM, 1).double()
+    x, y = _data()
+    opt = newt.NewtOptimizer(torch.optim.Adam(model.parameters(), lr=0.05), controller="auto")
+    for t in range(rule.AUTO_CHECKS + 3):
+        opt.zero_grad()
+        (0.5 * (model(x) - y).pow(2).mean()).backward()
+        if t == 1:
+            model.weight.grad[0, 0] = float("nan")
+        opt.step()
+    # the skipped step ended no watch and counted no quiet measurement; the rest did
+    assert isinstance(opt._states[0].rule, rule.RuleState)
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+@pytest.mark.parametrize("full_batch", [False, True], ids=["minibatch", "full_batch"])
+@pytest.mark.parametrize("stop", [2, 8])
+def test_a_checkpoint_mid_watch_or_after_it_resumes_the_same_run(full_batch, stop):
+    whole, model_w, _ = _run("auto", full_batch=full_batch, steps=16)
+    head, _, saved = _run("auto", full_batch=full_batch, steps=16, stop=stop)
+    tail, model_r, _ = _run("auto", full_batch=full_batch, steps=16, resume=saved)
+    assert head + tail == pytest.approx(whole, rel=1e-12)
+    for p, q in zip(model_w.parameters(), model_r.parameters(), strict=True):
+        torch.testing.assert_close(p, q, rtol=1e-12, atol=0)
+
+
+@pytest.mark.parametrize("full_batch", [False, True], ids=["minibatch", "full_batch"])
+def test_host_and_tensor_paths_agree(full_batch):
+    host, model_h, _ = _run("auto", full_batch=full_batch)
+    device, model_d, opt = _run("auto", full_batch=full_batch, tensor=True)
+    assert not opt._states[0].host
+    assert host == pytest.approx(device, rel=1e-9)
+    for p, q in zip(model_h.parameters(), model_d.parameters(), strict=True):
+        torch.testing.assert_close(p, q, rtol=1e-9, atol=1e-12)
+
+
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 10_000), log_kappa=st.floats(0.0, 6.0),
+       lr=st.sampled_from([1e-6, 1e-3, 1.0]), noise=st.sampled_from([0.0, 0.05, 0.5]),
+       inner=st.sampled_from(["Adam", "SGD"]))
+def test_random_quadratics_deterministic_go_newton_noisy_stay_gated(seed, log_kappa, lr, noise,
+                                                                    inner):
+    """L(θ) = ½ (θ − 1)ᵀ H (θ − 1), λ(H) in [10^-log κ, 1], with gradient noise of relative
+    size ``noise`` (the fresh-batch stand-in): Newton after the watch iff ``noise`` is 0."""
+    gen = torch.Generator().manual_seed(seed)
+    dim = 10
+    q, _ = torch.linalg.qr(torch.randn(dim, dim, generator=gen, dtype=torch.float64))
+    hessian = (q * torch.logspace(0, -log_kappa, dim, dtype=torch.float64)) @ q.T
+    theta = torch.zeros(dim, dtype=torch.float64, requires_grad=True)
+    cls = torch.optim.Adam if inner == "Adam" else torch.optim.SGD
+    opt = newt.NewtOptimizer(cls([theta], lr=lr), controller="auto")
+    alphas = []
+    for _ in range(rule.AUTO_CHECKS + 2):
+        grad = hessian @ (theta.detach() - 1)
+        theta.grad = grad + noise * grad.norm() * torch.randn(dim, generator=gen,
+                                                             dtype=torch.float64) / dim**0.5
+        opt.step()
+        alphas.append(opt.alphas[0])
+    state = opt._states[0].rule
+    if noise == 0:
+        assert isinstance(state, rule.RuleState)
+        assert alphas[rule.AUTO_CHECKS] == lr  # handed over at the user's lr
+    else:
+        assert isinstance(state, rule.GatedState) and state.watch is False
+
+
+def test_auto_is_validated_and_named_in_the_error_for_a_bad_controller():
+    model = torch.nn.Linear(2, 1)
+    with pytest.raises(ValueError, match="'auto'"):
+        newt.NewtOptimizer(torch.optim.SGD(model.parameters(), lr=0.1), controller="automatic")
+
+
+@pytest.mark.parametrize("full_batch", [False, True], ids=["minibatch", "full_batch"])
+def test_tensor_path_reads_one_number_per_step_while_watching_and_none_after(full_batch):
+    from tests.test_scalars import _CountHostReads
+
+    torch.manual_seed(0)
+    model = torch.nn.Linear(DIM, 1).double()
+    x, y = _data()
+    opt = newt.NewtOptimizer(torch.optim.Adam(model.parameters(), foreach=False,
+                                              lr=torch.tensor(0.05, dtype=torch.float64)),
+                             controller="auto")
+    opt._host_scalars = False
+    counter = _CountHostReads()
+    inner_step = opt.inner.step
+
+    def uncounted_inner_step(*args, **kwargs):  # the inner optimizer's reads are its own
+        counter.paused = True
+        try:
+            return inner_step(*args, **kwargs)
+        finally:
+            counter.paused = False
+
+    opt.inner.step = uncounted_inner_step
+    gen = torch.Generator().manual_seed(1)
+    reads = []
+    for _ in range(12):
+        index = (torch.arange(SAMPLES) if full_batch
+                 else torch.randint(0, SAMPLES, (BATCH,), generator=gen))
+        opt.zero_grad()
+        (0.5 * (model(x[index]) - y[index]).pow(2).mean()).backward()
+        before = counter.reads
+        with counter:
+            opt.step()
+        reads.append(counter.reads - before)
+    watched = rule.AUTO_CHECKS + 1 if full_batch else 2  # the first step has no measurement
+    assert all(r == 1 for r in reads[:watched]) and sum(reads[watched:]) == 0
+    kind = rule.RuleState if full_batch else rule.GatedState
+    assert isinstance(opt._states[0].rule, kind)
