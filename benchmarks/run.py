@@ -87,9 +87,10 @@ class Config:
     exclude: tuple[str, ...] = ()  # method globs left out unless --methods is given
 
 
-STANDARD_VARIANTS = '{"gated": {"controller": "gated"}}'
-"""The newt variants of every standard run: the opt-in controller for closure-free
-mini-batch training (docs/design/alpha.md), next to the default rule."""
+STANDARD_VARIANTS = '{"gated": {"controller": "gated"}, "auto": {"controller": "auto"}}'
+"""The newt variants of every standard run, next to the default rule: the opt-in
+controllers for closure-free mini-batch training and for either kind of problem
+(docs/design/alpha.md, H15)."""
 
 QUICK = Config(
     name="quick",
@@ -101,7 +102,8 @@ QUICK = Config(
     cost_rounds=5,
     equal_steps=False,
     exclude=("*newt-seed*", "*newt[closure]+cos", "*newt[reuse]+cos", "D-Adapt Adam+cos", "DoG",
-             "*newt:gated[closure]*", "*newt:gated[reuse]*", "*newt:gated[free]+cos"),
+             "*newt:gated[closure]*", "*newt:gated[reuse]*", "*newt:gated[free]+cos",
+             "*newt:auto[reuse]*", "*newt:auto[*]+cos"),
     notes=("QUICK run: 5 of the 13 problems, shortened budgets (quadratic_deep 50 epochs "
            "instead of 100, digits MLP 20 epochs), no long budgets, 2 seeds on stochastic "
            "problems, no equal-steps column (`--equal-steps` adds it). `--full` runs the whole "
@@ -247,8 +249,9 @@ def _select_methods(args: argparse.Namespace,
     if variants:
         notes.append(f"`newt:label` rows are variants of the default preset: "
                      f"`{args.newt_variants}`"
-                     + (" (the standard variant: the gated controller, opt-in, for "
-                        "closure-free mini-batch training)."
+                     + (" (the standard variants: the opt-in gated controller, for "
+                        "closure-free mini-batch training, and `auto`, which hands over to "
+                        "the default rule where the gradients show no batch noise)."
                         if args.newt_variants == STANDARD_VARIANTS else "."))
     methods = catalog(
         newt_options=json.loads(args.newt_options) if args.newt_options else None,
@@ -340,7 +343,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--newt-variants", default=STANDARD_VARIANTS,
                         help="JSON {label: options}: extra newt rows (default %(default)s: "
                         "the gated controller recommended for closure-free mini-batch "
-                        "training), e.g. '{\"g03\": {\"gamma\": 0.3}}'; '{}' for none; "
+                        "training, and auto), e.g. '{\"g03\": {\"gamma\": 0.3}}'; '{}' for none; "
                         "the key \"average\": γ measures a variant at DoG's polynomial-decay "
                         "iterate average")
     parser.add_argument("--seeds", type=int, help="seeds per point on stochastic problems")
