@@ -84,7 +84,8 @@ class NewtStats:
 
 def _momentum(group: dict[str, Any]) -> float:
     """β₁ of the inner optimizer's group (``betas[0]``, else ``momentum``, else 0): the one
-    inner key newt reads, for ``controller="gated"`` only (its slope shift is τ₀(1 − β₁))."""
+    inner key newt reads, for the gated controller only (``controller="gated"`` or
+    ``"auto"``; its slope shift is τ₀(1 − β₁))."""
     betas = group.get("betas")
     if isinstance(betas, (tuple, list)) and betas:
         return float(betas[0])
@@ -233,11 +234,12 @@ class NewtOptimizer(Optimizer):
             above half the step's own, then follows an averaged Newton factor on a
             slope shifted by 0.2(1 − β₁), changed only when significant; it reads the
             inner group's `betas[0]` or `momentum` as β₁). The Newton rule's other
-            options do not apply to it, except `reject`. Or `"auto"` (opt-in): the
-            gated controller, which hands over to the Newton rule at the user's lr
-            when three fresh measurements at its tiny start give |1 − B/A| < 1e-3, a
-            gradient without batch noise (`docs/design/alpha.md`, H15); for a script
-            that runs on full batches and on mini-batches alike.
+            options do not apply to it, except `reject`. Or `"auto"` (opt-in): per
+            group, the gated controller, which hands over to the Newton rule (and all
+            its options) at the user's lr when three fresh measurements at its tiny
+            start give |1 − B/A| < 1e-3, a gradient without measurable batch noise
+            (`docs/design/alpha.md`, H15); for a script that runs on full batches and
+            on mini-batches alike.
 
     Examples:
         >>> import torch, newt

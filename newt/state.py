@@ -1,7 +1,8 @@
 """newt's per-group state: a typed record, and its plain-dict form for ``state_dict``.
 
 A group's state is the controller's own state (`newt.rule.RuleState`, or
-`newt.rule.GatedState` with ``controller="gated"``), the
+`newt.rule.GatedState` with ``controller="gated"``; with ``"auto"`` either, the type
+being the mode it is in), the
 learned α where an LR scheduler owns the group's ``lr``, and the record of
 the last decision that `newt.NewtOptimizer.last_stats` reports. It becomes
 a dict of tensors only in ``state_dict`` (loadable with
@@ -87,7 +88,8 @@ class GroupState:
 
     @classmethod
     def new(cls, device: torch.device | None, controller: str = "newton") -> GroupState:
-        """The state before the first step of ``controller`` (``"newton"`` or ``"gated"``),
+        """The state before the first step of ``controller`` (``"newton"``, ``"gated"`` or
+        ``"auto"``),
         of host scalars for ``device=None``, else of 0-d tensors on ``device``."""
         state = (rule.gated_init(device) if controller == "gated" else
                  rule.auto_init(device) if controller == "auto" else rule.init(device))

@@ -112,20 +112,68 @@ def test_on_a_full_batch_auto_hands_over_to_the_newton_rule_at_alpha0(closure, i
     # With Adam its moments saw the tiny steps' gradients: the same rule, not the same run.
 
 
-def test_a_nonfinite_first_gradient_is_no_measurement():
+def _full_batch_steps(steps: int, groups: str = "one", nan_at: int | None = None):
+    """Full-batch least squares; returns (optimizer, the state's type after each step)."""
     torch.manual_seed(0)
     model = torch.nn.Linear(DIM, 1).double()
     x, y = _data()
-    opt = newt.NewtOptimizer(torch.optim.Adam(model.parameters(), lr=0.05), controller="auto")
-    for t in range(rule.AUTO_CHECKS + 3):
+    params = ([{"params": [model.weight]}, {"params": [model.bias], "lr": 0.0}]
+              if groups == "frozen" else model.parameters())
+    opt = newt.NewtOptimizer(torch.optim.Adam(params, lr=0.05), controller="auto")
+    kinds = []
+    for t in range(steps):
         opt.zero_grad()
         (0.5 * (model(x) - y).pow(2).mean()).backward()
-        if t == 1:
+        if t == nan_at:
             model.weight.grad[0, 0] = float("nan")
         opt.step()
-    # the skipped step ended no watch and counted no quiet measurement; the rest did
-    assert isinstance(opt._states[0].rule, rule.RuleState)
+        kinds.append(type(opt._states[0].rule).__name__)
+    return opt, kinds, model
+
+
+def test_the_handover_comes_at_the_third_quiet_measurement_and_a_nan_is_none():
+    _, kinds, _ = _full_batch_steps(6)
+    # step 0 has nothing to measure; steps 1, 2, 3 measure; the third quiet one hands over
+    assert kinds == ["GatedState"] * rule.AUTO_CHECKS + ["RuleState"] * 3
+    # a NaN gradient at step 1 is skipped: no measurement there, nor at step 2 (the
+    # skipped step left nothing pending); steps 3, 4, 5 are the three quiet ones
+    _, kinds, model = _full_batch_steps(8, nan_at=1)
+    assert kinds == ["GatedState"] * 5 + ["RuleState"] * 3
     assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_last_stats_at_the_handover_is_a_first_step_at_alpha0():
+    opt, kinds, _ = _full_batch_steps(rule.AUTO_CHECKS + 1)
+    assert kinds[-1] == "RuleState"
+    stats = opt.last_stats()[0]
+    assert stats.safeguard == "first_step" and stats.step == 0
+    assert stats.alpha == stats.used_alpha == 0.05
+
+
+def test_a_frozen_group_ends_its_watch_at_once_and_stays_frozen():
+    opt, kinds, model = _full_batch_steps(8, groups="frozen")
+    frozen = opt._states[1].rule
+    assert isinstance(frozen, rule.GatedState) and frozen.watch is False
+    torch.manual_seed(0)
+    start = torch.nn.Linear(DIM, 1).double()  # the model's initial parameters
+    assert opt.alphas[1] == 0.0 and torch.equal(model.bias, start.bias)
+    assert kinds[-1] == "RuleState"  # the other group handed over
+
+
+def test_a_noisy_measurement_after_quiet_ones_keeps_the_gated_controller():
+    theta = torch.zeros(4, dtype=torch.float64, requires_grad=True)
+    opt = newt.NewtOptimizer(torch.optim.SGD([theta], lr=0.1), controller="auto")
+    gen = torch.Generator().manual_seed(0)
+    for t in range(8):
+        grad = theta.detach() - 1  # ½‖θ − 1‖²: deterministic ...
+        if t == rule.AUTO_CHECKS - 1:  # ... except one noisy gradient before the last check
+            grad = grad + 0.5 * torch.randn(4, generator=gen, dtype=torch.float64)
+        theta.grad = grad
+        opt.step()
+        if t == rule.AUTO_CHECKS - 2:
+            assert opt._states[0].rule.quiet == rule.AUTO_CHECKS - 2  # quiet so far
+    state = opt._states[0].rule
+    assert isinstance(state, rule.GatedState) and state.watch is False
 
 
 @pytest.mark.parametrize("full_batch", [False, True], ids=["minibatch", "full_batch"])
