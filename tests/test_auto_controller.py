@@ -176,12 +176,14 @@ def test_a_noisy_measurement_after_quiet_ones_keeps_the_gated_controller():
     assert isinstance(state, rule.GatedState) and state.watch is False
 
 
+@pytest.mark.parametrize("tensor", [False, True], ids=["host", "tensor"])
 @pytest.mark.parametrize("full_batch", [False, True], ids=["minibatch", "full_batch"])
 @pytest.mark.parametrize("stop", [2, 8])
-def test_a_checkpoint_mid_watch_or_after_it_resumes_the_same_run(full_batch, stop):
-    whole, model_w, _ = _run("auto", full_batch=full_batch, steps=16)
-    head, _, saved = _run("auto", full_batch=full_batch, steps=16, stop=stop)
-    tail, model_r, _ = _run("auto", full_batch=full_batch, steps=16, resume=saved)
+def test_a_checkpoint_mid_watch_or_after_it_resumes_the_same_run(full_batch, stop, tensor):
+    whole, model_w, _ = _run("auto", full_batch=full_batch, steps=16, tensor=tensor)
+    head, _, saved = _run("auto", full_batch=full_batch, steps=16, stop=stop, tensor=tensor)
+    tail, model_r, _ = _run("auto", full_batch=full_batch, steps=16, resume=saved,
+                            tensor=tensor)
     assert head + tail == pytest.approx(whole, rel=1e-12)
     for p, q in zip(model_w.parameters(), model_r.parameters(), strict=True):
         torch.testing.assert_close(p, q, rtol=1e-12, atol=0)
