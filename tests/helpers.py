@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import torch
 from hypothesis import strategies as st
 from torch import Tensor
+from torch.utils._python_dispatch import TorchDispatchMode
 
 __all__ = [
     "INNER_NAMES",
@@ -204,3 +205,36 @@ def step_in_mode(opt: torch.optim.Optimizer, closure, mode: str) -> None:
     else:
         closure()
         opt.step()
+
+
+class CountHostReads(TorchDispatchMode):
+    """Counts reads of a tensor's value on the host (``.item()``, ``float()``, ``bool()``
+    all dispatch to ``aten._local_scalar_dense``), except while ``paused``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reads = 0
+        self.paused = False
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func is torch.ops.aten._local_scalar_dense.default and not self.paused:
+            self.reads += 1
+        return func(*args, **(kwargs or {}))
+
+
+def host_read_counter(opt: torch.optim.Optimizer) -> CountHostReads:
+    """A `CountHostReads` for ``opt`` (a `newt.NewtOptimizer`): its inner optimizer's
+    ``step`` is wrapped to pause the count (the inner optimizer's reads are its own).
+    Use it as ``with counter: opt.step()``."""
+    counter = CountHostReads()
+    inner_step = opt.inner.step
+
+    def uncounted_inner_step(*args: object, **kwargs: object) -> object:
+        counter.paused = True
+        try:
+            return inner_step(*args, **kwargs)
+        finally:
+            counter.paused = False
+
+    opt.inner.step = uncounted_inner_step
+    return counter

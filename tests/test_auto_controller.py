@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 
 import newt
 from newt import rule
+from tests.helpers import host_read_counter
 
 DIM, SAMPLES, BATCH = 8, 256, 16
 
@@ -237,8 +238,6 @@ def test_auto_is_validated_and_named_in_the_error_for_a_bad_controller():
 
 @pytest.mark.parametrize("full_batch", [False, True], ids=["minibatch", "full_batch"])
 def test_tensor_path_reads_one_number_per_step_while_watching_and_none_after(full_batch):
-    from tests.test_scalars import _CountHostReads
-
     torch.manual_seed(0)
     model = torch.nn.Linear(DIM, 1).double()
     x, y = _data()
@@ -246,17 +245,7 @@ def test_tensor_path_reads_one_number_per_step_while_watching_and_none_after(ful
                                               lr=torch.tensor(0.05, dtype=torch.float64)),
                              controller="auto")
     opt._host_scalars = False
-    counter = _CountHostReads()
-    inner_step = opt.inner.step
-
-    def uncounted_inner_step(*args, **kwargs):  # the inner optimizer's reads are its own
-        counter.paused = True
-        try:
-            return inner_step(*args, **kwargs)
-        finally:
-            counter.paused = False
-
-    opt.inner.step = uncounted_inner_step
+    counter = host_read_counter(opt)
     gen = torch.Generator().manual_seed(1)
     reads = []
     for _ in range(12):

@@ -9,13 +9,13 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from torch.utils._python_dispatch import TorchDispatchMode
 
 import newt
 from newt import rule
 from newt.options import NewtOptions
 from newt.rule import Outcome, Probe
 from newt.scalars import FLOATS, TENSORS, ops
+from tests.helpers import host_read_counter
 
 SPECIAL = st.sampled_from([0.0, -0.0, math.inf, -math.inf, math.nan, 1e-300, -1e-300, 1e300])
 FINITE = st.floats(-1e3, 1e3, allow_nan=False, allow_infinity=False)
@@ -153,38 +153,13 @@ def test_host_and_tensor_paths_train_identically(controller, closure, scheduler)
     assert opt_h._states[0].host and opt_h.alphas == pytest.approx(opt_d.alphas, rel=1e-12)
 
 
-class _CountHostReads(TorchDispatchMode):
-    """Counts reads of a tensor's value on the host (``.item()``, ``float()``, ``bool()``
-    all dispatch to ``aten._local_scalar_dense``), except while ``paused``."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.reads = 0
-        self.paused = False
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        if func is torch.ops.aten._local_scalar_dense.default and not self.paused:
-            self.reads += 1
-        return func(*args, **(kwargs or {}))
-
-
 def _host_reads(controller: str, scheduler: bool, host: bool) -> tuple[int, newt.NewtOptimizer]:
     model = _model()
     opt = newt.NewtOptimizer(torch.optim.Adam(
         model.parameters(), lr=torch.tensor(1e-2), foreach=False), controller=controller)
     opt._host_scalars = host  # False: the accelerator path, on the CPU
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda t: 0.98**t) if scheduler else None
-    counter = _CountHostReads()
-    inner_step = opt.inner.step
-
-    def uncounted_inner_step(*args, **kwargs):  # the inner optimizer's own reads are its own
-        counter.paused = True
-        try:
-            return inner_step(*args, **kwargs)
-        finally:
-            counter.paused = False
-
-    opt.inner.step = uncounted_inner_step
+    counter = host_read_counter(opt)
     x, y = torch.randn(16, 5), torch.randn(16, 1)
     for _ in range(6):
         opt.zero_grad()
