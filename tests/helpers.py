@@ -222,19 +222,24 @@ class CountHostReads(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
-def host_read_counter(opt: torch.optim.Optimizer) -> CountHostReads:
-    """A `CountHostReads` for ``opt`` (a `newt.NewtOptimizer`): its inner optimizer's
-    ``step`` is wrapped to pause the count (the inner optimizer's reads are its own).
-    Use it as ``with counter: opt.step()``."""
-    counter = CountHostReads()
+def pause_in_inner_step(opt: torch.optim.Optimizer, mode: TorchDispatchMode) -> None:
+    """Wrap the inner optimizer's ``step`` of ``opt`` (a `newt.NewtOptimizer`) so that
+    ``mode.paused`` is true while it runs: what the inner optimizer does is its own."""
     inner_step = opt.inner.step
 
-    def uncounted_inner_step(*args: object, **kwargs: object) -> object:
-        counter.paused = True
+    def paused_inner_step(*args: object, **kwargs: object) -> object:
+        mode.paused = True
         try:
             return inner_step(*args, **kwargs)
         finally:
-            counter.paused = False
+            mode.paused = False
 
-    opt.inner.step = uncounted_inner_step
+    opt.inner.step = paused_inner_step
+
+
+def host_read_counter(opt: torch.optim.Optimizer) -> CountHostReads:
+    """A `CountHostReads` for ``opt`` that does not count the inner optimizer's reads.
+    Use it as ``with counter: opt.step()``."""
+    counter = CountHostReads()
+    pause_in_inner_step(opt, counter)
     return counter

@@ -33,7 +33,9 @@ def _data(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
 def _run(controller: str, *, full_batch: bool, closure: bool = False, steps: int = 30,
          lr: float = 0.05, inner: str = "Adam", stop: int | None = None,
          resume: dict | None = None, tensor: bool = False):
-    """Least squares on a linear model; returns (α after each step, model, optimizer)."""
+    """Least squares on a linear model; returns (α after each step, model, optimizer),
+    or with ``stop`` the α so far, the model and a checkpoint of the run after ``stop``
+    steps (for ``resume``)."""
     torch.manual_seed(0)
     model = torch.nn.Linear(DIM, 1).double()
     x, y = _data()
@@ -95,7 +97,7 @@ def test_on_a_full_batch_auto_hands_over_to_the_newton_rule_at_alpha0(closure, i
     lr = 0.05
     auto, model, opt = _run("auto", full_batch=True, closure=closure, inner=inner, lr=lr)
     checks = rule.AUTO_CHECKS
-    # the gated start: α ≤ 1e-6, doubling, until the last quiet measurement
+    # the gated start: α = 1e-6, doubling, until the last quiet measurement
     assert auto[:checks] == pytest.approx([1e-6 * 2**k for k in range(checks)])
     assert isinstance(opt._states[0].rule, rule.RuleState)
     assert auto[checks] == lr  # the Newton rule's first step, at the user's α₀

@@ -17,6 +17,7 @@ from torch.utils._pytree import tree_leaves
 import newt
 from benchmarks.overhead import live_bytes
 from newt import functional as F
+from tests.helpers import pause_in_inner_step
 
 MODES = ("closure", "free", "reuse")
 GROUP_BUDGET = 1024  # bytes of 0-d/small tensors newt may keep per parameter group
@@ -144,16 +145,7 @@ def test_a_step_allocates_no_parameter_sized_temporary(mode, monkeypatch):
         finally:
             recorder.paused = False
 
-    inner_step = opt.inner.step
-
-    def paused_inner_step(*args, **kwargs):
-        recorder.paused = True
-        try:
-            return inner_step(*args, **kwargs)
-        finally:
-            recorder.paused = False
-
-    opt.inner.step = paused_inner_step
+    pause_in_inner_step(opt, recorder)
     for i in range(4):
         if i == 1:
             recorder.sizes.clear()  # the first step creates the snapshots: state, not temporary
