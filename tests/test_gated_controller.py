@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import math
 from collections.abc import Iterator
+from dataclasses import replace
 
 import pytest
 import torch
@@ -56,12 +57,15 @@ INNERS = {"Adam": torch.optim.Adam, "SGD": torch.optim.SGD}
 
 
 def _core(inner: str, alpha0: float, *, closure: bool, steps: int, seed: int = 0,
-          stop: int | None = None, resume: dict | None = None):
+          stop: int | None = None, resume: dict | None = None, schedule=None):
     """Run NewtOptimizer(controller="gated") as the harness's loop does; return the step
-    sizes the inner optimizer used, the model and the optimizer."""
+    sizes the inner optimizer used, the model and the optimizer. ``schedule`` (a function
+    of t / steps) is attached as a ``LambdaLR``."""
     model = PROBLEM.init(seed)
     params = list(model.parameters())
     opt = newt.NewtOptimizer(INNERS[inner](params, lr=alpha0), controller="gated")
+    scheduler = (torch.optim.lr_scheduler.LambdaLR(opt, lambda t: schedule(t / steps))
+                 if schedule is not None else None)
     used: list[float] = []
     inner_step = opt.inner.step
 
@@ -94,16 +98,19 @@ def _core(inner: str, alpha0: float, *, closure: bool, steps: int, seed: int = 0
         else:
             evaluate()
             opt.step()
+        if scheduler is not None:
+            scheduler.step()
     return used, model, opt
 
 
 def _harness(inner: str, alpha0: float, *, closure: bool, steps: int,
-             monkeypatch: pytest.MonkeyPatch) -> ac.RunOut:
+             monkeypatch: pytest.MonkeyPatch, schedule=None) -> ac.RunOut:
     monkeypatch.setattr(ac, "problem", lambda name: PROBLEM)
     monkeypatch.setitem(ac.INNER, inner, INNERS[inner])
     evals = 2 * steps if closure else steps
-    return ac.train("tiny", inner, ac.for_inner(ac.REC, inner), alpha0, closure=closure,
-                    evals=evals, seed=0)
+    controller = ac.REC if schedule is None else replace(ac.REC, uncompensated=True)
+    return ac.train("tiny", inner, ac.for_inner(controller, inner), alpha0, closure=closure,
+                    evals=evals, seed=0, schedule=schedule)
 
 
 @pytest.mark.parametrize("closure", [False, True], ids=["free", "closure"])
@@ -125,6 +132,28 @@ def test_matches_the_harness_float_implementation(inner, closure, monkeypatch):
         assert ref.rejects > 0  # the undo path is exercised too
     # closure-free SGD (β₁ = 0) meets its first fresh overshoot: the H11 event is exercised
     assert bool(state.shot) is (inner == "SGD" and not closure)
+
+
+@pytest.mark.parametrize("closure", [False, True], ids=["free", "closure"])
+@pytest.mark.parametrize("inner", ["Adam", "SGD"])
+def test_under_a_schedule_matches_the_harness_without_compensation(inner, closure,
+                                                                    monkeypatch):
+    """With warmup + cosine attached, the learned α is the harness's ``uncompensated``
+    one (the target names α; the schedule scales it, as with the Newton rule), and
+    differs from the compensating rule's (α·s aimed at the target)."""
+    steps = 150
+    alpha0 = 1e-2 if inner == "Adam" else 0.3
+    used, _, opt = _core(inner, alpha0, closure=closure, steps=steps, schedule=ac.cosine)
+    ref = _harness(inner, alpha0, closure=closure, steps=steps, monkeypatch=monkeypatch,
+                   schedule=ac.cosine)
+    factors = [ac.cosine(t / steps) for t in range(steps)]
+    assert used == pytest.approx([a * f for a, f in zip(ref.alphas, factors, strict=True)],
+                                 rel=1e-9, abs=0)
+    compensating = ac.train("tiny", inner, ac.for_inner(ac.REC, inner), alpha0,
+                            closure=closure, evals=2 * steps if closure else steps, seed=0,
+                            schedule=ac.cosine)
+    assert compensating.alphas != pytest.approx(ref.alphas, rel=1e-3)
+    assert int(opt._states[0].rule.phase) == 2
 
 
 def test_starts_small_and_doubles_on_a_quadratic():
