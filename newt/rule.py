@@ -732,10 +732,8 @@ def gated_before_step(state: GatedState, probe: Probe, alpha: Scalar,
       $a = A/\eta$, $c = (A - B)/\eta^2$; the s.d. of the average
       $\mathrm{sd} = \sqrt{\max(\overline{b^2} - \bar b^2, 0)(1-\beta)/(1+\beta)}$;
       the shifted slope $\tilde b = \bar b + \tau_0 (1 - \beta_1)\,\bar a$; the factor
-      $f = \operatorname{clamp}(s\,(1 + \tilde b/(\eta \bar c)), \tfrac12, 4)$ ($4s$ if
-      $\bar c \le 0$), with $s = \eta/\alpha$ the schedule's factor of the pending step
-      (the target step $\eta f$ names α, so a schedule scales the learned α and is not
-      undone by it), set to 1 unless significant (a decrease needs
+      $f = \operatorname{clamp}(1 + \tilde b/(\eta \bar c), \tfrac12, 4)$ (4 if
+      $\bar c \le 0$), set to 1 unless significant (a decrease needs
       $\tilde b < -3\,\mathrm{sd}$, an increase $\tilde b > 2\,\mathrm{sd}$), a decrease
       at most ×0.8; $\alpha' = \operatorname{clamp}(\alpha f^{1/2}, 10^{-10}, 100)$;
       a decrease sets the cap $\min(\text{cap}, 0.9\alpha)$, an increase stops at
@@ -776,9 +774,6 @@ def gated_before_step(state: GatedState, probe: Probe, alpha: Scalar,
     positive = cb > 0
     f = xp.where(positive, 1 + shifted / safe_eta / xp.where(positive, cb, one),
                  GATED_FACTOR_MAX * one)
-    # η·f is the target step; it names α, and the schedule's factor s = η/α scales it
-    # (not undone, as in the Newton rule): the factor on α is s·f
-    f = f * (safe_eta / xp.where(a > 0, a, one))
     f = xp.clamp(f, GATED_FACTOR_MIN, GATED_FACTOR_MAX)
     decrease = f < 1
     f = xp.where(

@@ -57,5 +57,6 @@ for steps in (120, 600):
             for controller in ("newton", "gated"):
                 loss, alphas = run(controller, inner, steps, decay)
                 trace = " ".join(f"{a:.2g}" for a in alphas)
-                print(f"| {controller} | {inner} | {steps} | {'linear decay' if decay else 'constant'}"
-                      f" | {loss:.3f} | {trace} |", flush=True)
+                schedule = "linear decay" if decay else "constant"
+                print(f"| {controller} | {inner} | {steps} | {schedule} | {loss:.4g} | {trace} |",
+                      flush=True)
