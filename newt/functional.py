@@ -379,12 +379,35 @@ def all_finite(tensors: Sequence[Tensor | None], *, read: bool = False) -> Tenso
     """No NaN or inf in any of ``tensors`` (``None`` entries are skipped): a 0-d bool
     tensor (no host sync), or with ``read`` a Python bool (one read of one number).
 
-    One read pass: the sum of every tensor (half precision summed in float32). A sum is
-    non-finite if any term is; a sum that overflows a finite tensor counts as non-finite
-    too (conservative). (``_foreach_norm(..., inf)`` would be exact but is a slow
-    per-tensor loop on the CPU: 28 ms against 1.5 ms on 10M parameters here.)
+    One read pass. A small model's tensors (at most `CHUNK` entries in all; dense, real and
+    on one device, else the kernel refuses them) go through one fused kernel, the
+    non-finite check of ``torch.amp.GradScaler`` with an unscale factor of 1 (the values and
+    their version counters stay as they were), which is exact: 8.6 µs against 15.5 µs for
+    the sum of the concatenation on the digits MLP's 26K gradients. Larger ones are summed
+    tensor by tensor (half precision in float32): a sum is non-finite if any term is, and
+    one that overflows finite entries counts as non-finite too (conservative); the fused
+    kernel would lose there (1.4 ms against 0.9 ms on 10M entries, as it also writes).
+    (``_foreach_norm(..., inf)`` would be exact but is a slow per-tensor loop on the CPU:
+    28 ms against 1.5 ms on 10M parameters here.)
     """
-    total = _total(tensors)
+    present = [t for t in tensors if t is not None and t.numel()]  # an empty shard is finite
+    if present and sum(t.numel() for t in present) <= CHUNK:
+        device = present[0].device
+        unit = _UNIT.get(device)
+        if unit is None:
+            unit = _UNIT[device] = torch.ones(1, device=device)
+        found = torch.zeros(1, device=device)
+        try:
+            torch._amp_foreach_non_finite_check_and_unscale_(present, found, unit)
+        except (NotImplementedError, RuntimeError):
+            pass  # complex, sparse or on several devices: the sum below
+        else:
+            return found.item() == 0 if read else found[0] == 0
+    total = _total(present)
     if read:
         return total is None or math.isfinite(total.item())
     return torch.ones((), dtype=torch.bool) if total is None else torch.isfinite(total)
+
+
+_UNIT: dict[torch.device, Tensor] = {}
+"""The fused check's unscale factor 1, one tensor per device (only ever read)."""

@@ -214,12 +214,41 @@ def test_all_finite_flags_any_nonfinite_entry(chunk, dtype, bad, monkeypatch):
     assert F.all_finite(tensors, read=True) is (bad is None)
 
 
-def test_all_finite_mixed_dtypes_and_overflow_is_conservative():
+@pytest.mark.parametrize("read", [False, True])
+@pytest.mark.parametrize("large", [False, True], ids=["fused", "summed"])
+def test_all_finite_finds_one_bad_entry_in_any_dtype(large, read):
+    """Small models take the fused kernel, large ones (> CHUNK entries) the sums: both
+    find a single NaN or inf in any tensor, of any floating dtype, and leave the
+    gradients and their version counters untouched."""
+    n = F.CHUNK // 2 + 1 if large else 5
+    dtypes = [torch.float64, torch.float32, torch.float16, torch.bfloat16]
+    for bad in (math.nan, math.inf, -math.inf):
+        for i, dtype in enumerate(dtypes):
+            tensors = [torch.randn(n, dtype=d) for d in dtypes]
+            tensors.insert(1, None)
+            assert bool(F.all_finite(tensors, read=read))
+            target = tensors[i + 1 if i else 0]
+            target[n // 2] = bad
+            before = [(t.clone(), t._version) for t in tensors if t is not None]
+            result = F.all_finite(tensors, read=read)
+            assert isinstance(result, bool) if read else result.dtype == torch.bool
+            assert not bool(result), (dtype, bad)
+            after = [t for t in tensors if t is not None]
+            for (copy, version), t in zip(before, after, strict=True):
+                assert torch.equal(copy.nan_to_num(), t.nan_to_num()) and t._version == version
+
+
+def test_all_finite_complex_empty_and_overflow():
     assert bool(F.all_finite([torch.ones(2, dtype=torch.float64), torch.ones(3)]))
     assert not bool(F.all_finite([torch.ones(2), torch.tensor([math.nan], dtype=torch.float64)]))
-    big = torch.full((4,), 3e38)  # finite entries whose sum overflows float32
-    assert not bool(F.all_finite([big]))
+    # complex tensors are refused by the fused kernel and summed
+    assert F.all_finite([torch.ones(3, dtype=torch.complex64)], read=True) is True
+    assert F.all_finite([torch.tensor([complex(0, math.nan)])], read=True) is False
     assert F.all_finite([None, torch.zeros(0)], read=True) is True
+    big = torch.full((4,), 3e38)  # finite entries whose float32 sum overflows
+    assert F.all_finite([big], read=True) is True  # the fused check is exact
+    huge = torch.full((F.CHUNK + 1,), 3e38)
+    assert F.all_finite([huge], read=True) is False  # the sum is conservative
 
 
 # ---------------------------------------------------------------- several groups at once
