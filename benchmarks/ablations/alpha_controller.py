@@ -398,11 +398,15 @@ class Gate(Controller):
     backoff: float = 0.7
     lr_min: float = 1e-10
     lr_max: float = 100.0
+    anchor: float = 0.0  # K > 0: phase 1 doubles whatever ρ says while α < α₀/K (α₀ = user lr)
 
     def init(self, alpha0: float, closure: bool) -> State:
         a0 = min(alpha0, self.start) if self.start is not None else alpha0
-        return {"alpha": a0, "closure": float(closure), "A": math.nan, "Cs": math.nan,
-                "rs": math.nan, "step": a0, "n": 0.0, "phase": 1.0}
+        s = {"alpha": a0, "closure": float(closure), "A": math.nan, "Cs": math.nan,
+             "rs": math.nan, "step": a0, "n": 0.0, "phase": 1.0}
+        if self.anchor > 0:
+            s["alpha0"] = alpha0  # the run depends on α₀, not only on the first α
+        return s
 
     def before_step(self, state: State, obs: Before) -> tuple[State, float]:
         s = dict(state)
@@ -435,7 +439,11 @@ class Gate(Controller):
                 grow = xb > 0 and (s["n1"] <= 4 or (rho0 > 0 and rho > self.rho_stop * rho0))
             else:
                 grow = rho > self.rho_stop
-            if s["phase"] == 1.0 and grow:
+            target = s["alpha0"] / self.anchor if self.anchor > 0 else 0.0
+            if s["phase"] == 1.0 and s["alpha"] < target:
+                # anchored start: double unconditionally up to α₀/K (clamped there)
+                s["alpha"] = min(s["alpha"] * self.g1, target, self.lr_max)
+            elif s["phase"] == 1.0 and grow:
                 s["alpha"] = min(s["alpha"] * self.g1, self.lr_max)
             else:
                 if s["phase"] == 1.0 and self.prime > 0:
@@ -537,6 +545,8 @@ fresh overshoot as an event, closure-free and without momentum (``rec_o1p``, H11
 
 CONTROLLERS: dict[str, Controller] = {
     "rec": REC,
+    "rec_a16": replace(REC, name="rec_a16", anchor=16.0),
+    "rec_a4": replace(REC, name="rec_a4", anchor=4.0),
     "rec_h6": REC_H6,
     "rec_v1": REC_V1,
     "rec_p8": replace(REC_H6, name="rec_p8", prime=8.0),
@@ -838,7 +848,8 @@ def evaluate(controller: Controller, prob_name: str, inner: str, closure: bool, 
         ref = baseline(prob_name, inner, evals, seed, schedule=schedule)
         done: dict[float, RunOut] = {}
         for a0 in alpha0s:
-            first = controller.init(a0, closure)["alpha"]  # start-small rules share runs
+            init = controller.init(a0, closure)  # start-small rules share runs
+            first = (init["alpha"], init.get("alpha0"))  # (anchored ones depend on α₀)
             if first not in done:
                 done[first] = train(prob_name, inner, controller, a0, closure=closure,
                                     evals=evals, seed=seed,
