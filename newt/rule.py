@@ -601,6 +601,10 @@ left on the gated side on purpose (the gated rule is the better one there); the 
 measurement of five mini-batch problems is at least 1.2e-2 (H15)."""
 AUTO_CHECKS = 3
 """``controller="auto"``: quiet measurements in a row that hand over to the Newton rule."""
+AUTO_PATIENCE = 10
+"""``controller="auto"``: measured steps without a measurement (every one skipped, undone
+or with a zero slope) after which a group stops watching and stays gated, so that the
+tensor path's one read per step while watching does not last the whole run."""
 
 
 class GatedState(NamedTuple):
@@ -648,6 +652,9 @@ class GatedState(NamedTuple):
     initial: Scalar = math.nan
     """α₀ as the user gave it, before the start at min(α₀, 1e-6) (``controller="auto"``
     restores it when it hands over to the Newton rule)."""
+    idle: Scalar = 0
+    """int64, ``controller="auto"``: steps so far that gave no measurement while watching
+    (a host int, as ``quiet``); at `AUTO_PATIENCE` the watch ends, gated."""
 
 
 def gated_init(device: torch.device | None) -> GatedState:
@@ -682,9 +689,10 @@ def auto_before_step(state: RuleState | GatedState, probe: Probe, alpha: Scalar,
       `last_stats` as a first step.
 
     The verdict is per group. A frozen group (α = 0) ends its watch at once and stays
-    frozen; a group whose steps never give a measurement (every one undone, or exactly
-    zero gradients) keeps watching. A loss whose curvature along the first steps is large
-    against its slope (|1 − B/A| ≥ 1e-3 at α = 1e-6) reads as noisy and stays gated.
+    frozen; a group whose steps give no measurement (skipped, undone, or exactly zero
+    gradients) `AUTO_PATIENCE` times ends it too, gated. A loss whose curvature along the
+    first steps is large against its slope (|1 − B/A| ≥ 1e-3 at α = 1e-6) reads as noisy
+    and stays gated.
 
     Python control flow, unlike the rest of this module: while watching, a device
     group's verdict (one number) is read on the host at each `before_step`; never after.
@@ -706,7 +714,9 @@ def auto_before_step(state: RuleState | GatedState, probe: Probe, alpha: Scalar,
     # 0: no measurement, 1: noisy (or a frozen group), 2: quiet; one read on a device
     verdict = int(xp.where(frozen, 1, xp.integer(usable) * (1 + xp.integer(quiet))))
     initial = xp.where(state.started, state.initial, xp.real(alpha, like=A))
-    new = new._replace(initial=initial, watch=verdict != 1)
+    idle = int(state.idle) + (verdict == 0)  # a host int, as ``watch``
+    new = new._replace(initial=initial, idle=idle,
+                       watch=verdict != 1 and idle < AUTO_PATIENCE)
     if verdict == 2:
         new = new._replace(quiet=int(state.quiet) + 1)  # a host int, as ``watch``
         if new.quiet >= AUTO_CHECKS:  # deterministic: the Newton rule, from α₀

@@ -263,3 +263,112 @@ def test_tensor_path_reads_one_number_per_step_while_watching_and_none_after(ful
     assert all(r == 1 for r in reads[:watched]) and sum(reads[watched:]) == 0
     kind = rule.RuleState if full_batch else rule.GatedState
     assert isinstance(opt._states[0].rule, kind)
+
+
+@pytest.mark.parametrize("tensor", [False, True], ids=["host", "tensor"])
+def test_a_group_that_never_measures_stops_watching_after_the_patience(tensor):
+    """Exactly zero gradients give no measurement (A = 0): after `rule.AUTO_PATIENCE`
+    such steps the group stays gated, and the tensor path stops reading the verdict."""
+    theta = torch.ones(4, dtype=torch.float64, requires_grad=True)
+    lr = torch.tensor(0.1, dtype=torch.float64) if tensor else 0.1
+    opt = newt.NewtOptimizer(torch.optim.SGD([theta], lr=lr, foreach=False),
+                             controller="auto")
+    opt._host_scalars = not tensor
+    counter = host_read_counter(opt)
+    reads, watching = [], []
+    for _ in range(rule.AUTO_PATIENCE + 4):
+        theta.grad = torch.zeros(4, dtype=torch.float64)
+        before = counter.reads
+        with counter:
+            opt.step()
+        reads.append(counter.reads - before)
+        watching.append(bool(opt._states[0].rule.watch))
+    patience = rule.AUTO_PATIENCE
+    assert watching == [True] * (patience - 1) + [False] * 5
+    state = opt._states[0].rule
+    assert isinstance(state, rule.GatedState) and int(state.idle) == patience
+    assert torch.equal(theta.detach(), torch.ones(4, dtype=torch.float64))
+    if tensor:
+        assert all(r == 1 for r in reads[:patience]) and sum(reads[patience:]) == 0
+
+
+def test_with_interval_the_watch_counts_measured_steps_only():
+    """With ``interval=K`` the measurements come every K steps: the handover comes at
+    the third quiet one, K·AUTO_CHECKS + 1 steps in, and the Newton rule goes on from α₀
+    (on a full batch); on mini-batches the first measurement ends the watch."""
+    k = 4
+    for full_batch in (True, False):
+        torch.manual_seed(0)
+        model = torch.nn.Linear(DIM, 1).double()
+        x, y = _data()
+        opt = newt.NewtOptimizer(torch.optim.Adam(model.parameters(), lr=0.05),
+                                 controller="auto", interval=k)
+        gen = torch.Generator().manual_seed(1)
+        kinds = []
+        for _ in range(k * rule.AUTO_CHECKS + 3):
+            index = (torch.arange(SAMPLES) if full_batch
+                     else torch.randint(0, SAMPLES, (BATCH,), generator=gen))
+            opt.zero_grad()
+            (0.5 * (model(x[index]) - y[index]).pow(2).mean()).backward()
+            opt.step()
+            kinds.append(type(opt._states[0].rule).__name__)
+        if full_batch:
+            # fresh slopes are read one step after each measured step: 1, K + 1, 2K + 1, …
+            handover = k * (rule.AUTO_CHECKS - 1) + 1
+            assert kinds == ["GatedState"] * handover + ["RuleState"] * (len(kinds) - handover)
+            assert opt.alphas[0] != pytest.approx(1e-6 * 2**rule.AUTO_CHECKS)
+        else:
+            assert set(kinds) == {"GatedState"}
+            assert opt._states[0].rule.watch is False
+
+
+def test_under_a_schedule_the_handover_restores_the_unscheduled_alpha0():
+    """The watch steps are α·s; the Newton rule starts from the user's α₀ (the group's
+    initial lr), and the inner step keeps the schedule's factor."""
+    torch.manual_seed(0)
+    model = torch.nn.Linear(DIM, 1).double()
+    x, y = _data()
+    opt = newt.NewtOptimizer(torch.optim.SGD(model.parameters(), lr=0.05), controller="auto")
+    scheduler = torch.optim.lr_scheduler.LambdaLR(opt, lambda t: 0.5)
+    used = []
+    inner_step = opt.inner.step
+
+    def recording_step(*args, **kwargs):
+        used.append(float(opt.inner.param_groups[0]["lr"]))
+        return inner_step(*args, **kwargs)
+
+    opt.inner.step = recording_step  # type: ignore[method-assign]
+    for _ in range(rule.AUTO_CHECKS + 1):
+        opt.zero_grad()
+        (0.5 * (model(x) - y).pow(2).mean()).backward()
+        opt.step()
+        scheduler.step()
+    assert isinstance(opt._states[0].rule, rule.RuleState)
+    assert used[:rule.AUTO_CHECKS] == pytest.approx(
+        [0.5 * 1e-6 * 2**j for j in range(rule.AUTO_CHECKS)])
+    assert used[rule.AUTO_CHECKS] == pytest.approx(0.5 * 0.05)  # α₀ · s at the handover
+
+
+def test_each_group_gets_its_own_verdict():
+    """L = ½‖A θ₁ − b‖² (full batch) + a mini-batch least squares in θ₂: the first group
+    hands over to the Newton rule, the second stays gated."""
+    gen = torch.Generator().manual_seed(0)
+    a = torch.randn(6, 3, generator=gen, dtype=torch.float64)
+    b = torch.randn(6, generator=gen, dtype=torch.float64)
+    x, y = _data()
+    first = torch.zeros(3, dtype=torch.float64, requires_grad=True)
+    second = torch.nn.Linear(DIM, 1).double()
+    opt = newt.NewtOptimizer(torch.optim.Adam([{"params": [first]},
+                                               {"params": second.parameters()}], lr=0.05),
+                             controller="auto")
+    batches = torch.Generator().manual_seed(1)
+    for _ in range(rule.AUTO_CHECKS + 3):
+        index = torch.randint(0, SAMPLES, (BATCH,), generator=batches)
+        opt.zero_grad()
+        loss = (0.5 * (a @ first - b).pow(2).sum()
+                + 0.5 * (second(x[index]) - y[index]).pow(2).mean())
+        loss.backward()
+        opt.step()
+    deterministic, noisy = (state.rule for state in opt._states)
+    assert isinstance(deterministic, rule.RuleState)
+    assert isinstance(noisy, rule.GatedState) and noisy.watch is False
