@@ -293,9 +293,9 @@ def test_a_group_that_never_measures_stops_watching_after_the_patience(tensor):
 
 
 def test_with_interval_the_watch_counts_measured_steps_only():
-    """With ``interval=K`` the measurements come every K steps: the handover comes at
-    the third quiet one, K·AUTO_CHECKS + 1 steps in, and the Newton rule goes on from α₀
-    (on a full batch); on mini-batches the first measurement ends the watch."""
+    """With ``interval=K`` the measurements come every K steps: on a full batch the
+    handover comes at the third quiet one, read at step K·(AUTO_CHECKS − 1) + 1 (from 0);
+    on mini-batches the first measurement ends the watch."""
     k = 4
     for full_batch in (True, False):
         torch.manual_seed(0)
