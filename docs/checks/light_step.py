@@ -6,7 +6,7 @@ training), interleaved over repeats, the median time of: the plain Adam step;
 newt's step between measurements (`NewtOptimizer(..., interval=10**9)`, every step
 after the first is one); its parts: `_inner_step` alone (the inner step with newt's
 lr bookkeeping), `_light_step` (that plus the finiteness check of the gradients,
-without the `step()` wrapper); then the finiteness check alone in three forms.
+without the `step()` wrapper); then the finiteness check alone in four forms.
 
     python docs/checks/light_step.py
 """
@@ -68,8 +68,12 @@ net = model()
 params = list(net.parameters())
 
 
-def as_sum() -> bool:  # what newt does: one sum over the concatenated gradients
+def as_sum() -> bool:  # what newt does: the fused kernel on a small model
     return F.all_finite([p.grad for p in params], read=True)
+
+
+def as_concatenated_sum() -> bool:  # newt's form before the fused kernel (commit ebc4580)
+    return math.isfinite(F._total([p.grad for p in params]).item())
 
 
 def as_norms() -> bool:
@@ -81,7 +85,9 @@ def as_sums() -> bool:
 
 
 checks = {name: (net, net.zero_grad, fn) for name, fn in
-          (("all_finite(read=True) (newt)", as_sum), ("_foreach_norm, summed", as_norms),
+          (("all_finite(read=True) (newt)", as_sum),
+           ("sum of the concatenation (newt before ebc4580)", as_concatenated_sum),
+           ("_foreach_norm, summed", as_norms),
            ("one sum per tensor", as_sums))}
 print("\n| finiteness check of the gradients | µs |")
 print("|---|---|")
