@@ -602,9 +602,11 @@ measurement of five mini-batch problems is at least 1.2e-2 (H15)."""
 AUTO_CHECKS = 3
 """``controller="auto"``: quiet measurements in a row that hand over to the Newton rule."""
 AUTO_PATIENCE = 10
-"""``controller="auto"``: measured steps without a measurement (every one skipped, undone
-or with a zero slope) after which a group stops watching and stays gated, so that the
-tensor path's one read per step while watching does not last the whole run."""
+"""``controller="auto"``: steps that could have given a measurement and did not (skipped
+on a non-finite gradient, undone, or with a zero slope A) after which a group stops
+watching and stays gated, so that the tensor path's one read per step while watching does
+not last the whole run. The first step and, with ``interval``, the measured steps (whose
+fresh slope comes one step later) have nothing to measure and do not count."""
 
 
 class GatedState(NamedTuple):
@@ -653,8 +655,9 @@ class GatedState(NamedTuple):
     """α₀ as the user gave it, before the start at min(α₀, 1e-6) (``controller="auto"``
     restores it when it hands over to the Newton rule)."""
     idle: Scalar = 0
-    """int64, ``controller="auto"``: steps so far that gave no measurement while watching
-    (a host int, as ``quiet``); at `AUTO_PATIENCE` the watch ends, gated."""
+    """int64, ``controller="auto"``: steps so far that could have been measured and were
+    not, while watching (a host int, as ``quiet``); at `AUTO_PATIENCE` the watch ends,
+    gated."""
 
 
 def gated_init(device: torch.device | None) -> GatedState:
@@ -711,10 +714,13 @@ def auto_before_step(state: RuleState | GatedState, probe: Probe, alpha: Scalar,
     rho = B / xp.where(usable, A, xp.const(1.0, A))
     quiet = (rho > 1 - AUTO_QUIET) & (rho < 1 + AUTO_QUIET)
     frozen = xp.real(alpha, like=A) == 0
-    # 0: no measurement, 1: noisy (or a frozen group), 2: quiet; one read on a device
-    verdict = int(xp.where(frozen, 1, xp.integer(usable) * (1 + xp.integer(quiet))))
+    # 0: nothing to measure yet, 1: noisy (or a frozen group), 2: quiet, 3: a step that
+    # could have been measured and was not (skipped, A = 0, B non-finite); one read
+    missed = state.pending | xp.not_(probe.gradient_finite)
+    verdict = int(xp.where(frozen, 1, xp.where(usable, 1 + xp.integer(quiet),
+                                               3 * xp.integer(missed))))
     initial = xp.where(state.started, state.initial, xp.real(alpha, like=A))
-    idle = int(state.idle) + (verdict == 0)  # a host int, as ``watch``
+    idle = int(state.idle) + (verdict == 3)  # a host int, as ``watch``
     new = new._replace(initial=initial, idle=idle,
                        watch=verdict != 1 and idle < AUTO_PATIENCE)
     if verdict == 2:

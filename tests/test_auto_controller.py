@@ -284,12 +284,30 @@ def test_a_group_that_never_measures_stops_watching_after_the_patience(tensor):
         reads.append(counter.reads - before)
         watching.append(bool(opt._states[0].rule.watch))
     patience = rule.AUTO_PATIENCE
-    assert watching == [True] * (patience - 1) + [False] * 5
+    # the first step has nothing to measure; each later one could have been measured
+    assert watching == [True] * patience + [False] * 4
     state = opt._states[0].rule
     assert isinstance(state, rule.GatedState) and int(state.idle) == patience
     assert torch.equal(theta.detach(), torch.ones(4, dtype=torch.float64))
     if tensor:
-        assert all(r == 1 for r in reads[:patience]) and sum(reads[patience:]) == 0
+        assert all(r == 1 for r in reads[:patience + 1]) and sum(reads[patience + 1:]) == 0
+
+
+def test_with_interval_only_steps_that_could_be_measured_use_up_the_patience():
+    """With ``interval=K`` a measured step's fresh slope is read one step later: with zero
+    gradients one step per cycle misses its measurement, so the watch ends in the cycle
+    of the `AUTO_PATIENCE`-th miss, and a full batch still hands over at its third quiet
+    measurement."""
+    k = 4
+    theta = torch.ones(4, dtype=torch.float64, requires_grad=True)
+    opt = newt.NewtOptimizer(torch.optim.SGD([theta], lr=0.1), controller="auto", interval=k)
+    watching = []
+    for _ in range(k * rule.AUTO_PATIENCE + 2):
+        theta.grad = torch.zeros(4, dtype=torch.float64)
+        opt.step()
+        watching.append(bool(opt._states[0].rule.watch))
+    end = k * (rule.AUTO_PATIENCE - 1) + 1  # the probe step of the 10th cycle
+    assert watching == [True] * end + [False] * (len(watching) - end)
 
 
 def test_with_interval_the_watch_counts_measured_steps_only():
@@ -304,7 +322,7 @@ def test_with_interval_the_watch_counts_measured_steps_only():
         opt = newt.NewtOptimizer(torch.optim.Adam(model.parameters(), lr=0.05),
                                  controller="auto", interval=k)
         gen = torch.Generator().manual_seed(1)
-        kinds = []
+        kinds, watched = [], []
         for _ in range(k * rule.AUTO_CHECKS + 3):
             index = (torch.arange(SAMPLES) if full_batch
                      else torch.randint(0, SAMPLES, (BATCH,), generator=gen))
@@ -312,14 +330,16 @@ def test_with_interval_the_watch_counts_measured_steps_only():
             (0.5 * (model(x[index]) - y[index]).pow(2).mean()).backward()
             opt.step()
             kinds.append(type(opt._states[0].rule).__name__)
+            watched.append(bool(getattr(opt._states[0].rule, "watch", False)))
         if full_batch:
             # fresh slopes are read one step after each measured step: 1, K + 1, 2K + 1, …
             handover = k * (rule.AUTO_CHECKS - 1) + 1
             assert kinds == ["GatedState"] * handover + ["RuleState"] * (len(kinds) - handover)
             assert opt.alphas[0] != pytest.approx(1e-6 * 2**rule.AUTO_CHECKS)
+            assert int(opt._states[0].rule.updates) > 0  # the Newton rule has moved α
         else:
             assert set(kinds) == {"GatedState"}
-            assert opt._states[0].rule.watch is False
+            assert watched == [True, False] + [False] * (len(watched) - 2)
 
 
 def test_under_a_schedule_the_handover_restores_the_unscheduled_alpha0():

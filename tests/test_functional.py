@@ -216,10 +216,12 @@ def test_all_finite_flags_any_nonfinite_entry(chunk, dtype, bad, monkeypatch):
 
 @pytest.mark.parametrize("read", [False, True])
 @pytest.mark.parametrize("large", [False, True], ids=["fused", "summed"])
-def test_all_finite_finds_one_bad_entry_in_any_dtype(large, read):
+def test_all_finite_finds_one_bad_entry_in_any_dtype(large, read, monkeypatch):
     """Small models take the fused kernel, large ones (> CHUNK entries) the sums: both
     find a single NaN or inf in any tensor, of any floating dtype, and leave the
     gradients and their version counters untouched."""
+    if not large:  # the fused kernel must answer alone
+        monkeypatch.setattr(F, "_total", lambda tensors: pytest.fail("summed"))
     n = F.CHUNK // 2 + 1 if large else 5
     dtypes = [torch.float64, torch.float32, torch.float16, torch.bfloat16]
     for bad in (math.nan, math.inf, -math.inf):
@@ -249,6 +251,20 @@ def test_all_finite_complex_empty_and_overflow():
     assert F.all_finite([big], read=True) is True  # the fused check is exact
     huge = torch.full((F.CHUNK + 1,), 3e38)
     assert F.all_finite([huge], read=True) is False  # the sum is conservative
+
+
+def test_all_finite_fused_path_under_a_float64_default_dtype(monkeypatch):
+    """The kernel's flags are float32 whatever the default dtype (else it refuses them)."""
+    monkeypatch.setattr(F, "_total", lambda tensors: pytest.fail("summed"))
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        tensors = [torch.randn(3), torch.randn(2, dtype=torch.float32)]
+        assert F.all_finite(tensors, read=True) is True
+        tensors[0][1] = math.inf
+        assert F.all_finite(tensors, read=True) is False
+    finally:
+        torch.set_default_dtype(previous)
 
 
 # ---------------------------------------------------------------- several groups at once

@@ -901,6 +901,34 @@ def table(controllers: Sequence[Controller], prob_name: str, evals: int,
     return "\n".join(lines)
 
 
+def per_alpha0_table(controllers: Sequence[Controller], prob_name: str, evals: int,
+                     seeds: Sequence[int], inners: Sequence[str],
+                     modes: Sequence[bool]) -> str:
+    """A Markdown table: the ratio to the decade grid's best lr for every α₀ and seed
+    (``s0/s1/…``), with the final α's range, per controller and cell."""
+    lines = [f"problem `{prob_name}`, {evals} evaluations, seeds {list(seeds)}; cell = ratio "
+             "per seed (s0/s1/…) [final α min–max]", "",
+             "| controller | cell | " + " | ".join(f"α₀ = {a:g}" for a in ALPHA0S) + " |",
+             "|---|---|" + "---|" * len(ALPHA0S)]
+    for c in controllers:
+        for inner in inners:
+            tuned = for_inner(c, inner)
+            for mode in modes:
+                cols = []
+                for a0 in ALPHA0S:
+                    ratios, finals = [], []
+                    for seed in seeds:
+                        ref = baseline(prob_name, inner, evals, seed)
+                        out = train(prob_name, inner, tuned, a0, closure=mode, evals=evals,
+                                    seed=seed)
+                        ratios.append(_fmt(out.loss / ref["decade_loss"]))
+                        finals.append(out.alphas[-1])
+                    cols.append("/".join(ratios) + f" [{min(finals):.2g}–{max(finals):.2g}]")
+                lines.append(f"| {c.name} | {inner} {'closure' if mode else 'free'} | "
+                             + " | ".join(cols) + " |")
+    return "\n".join(lines)
+
+
 def trace_table(controller: Controller, prob_name: str, inner: str, closure: bool, evals: int,
                 alpha0: float, seeds: Sequence[int]) -> str:
     """α and the full-batch training loss at 12 checkpoints, per seed."""
@@ -995,6 +1023,7 @@ EXPERIMENTS: dict[str, str] = {
     "lm": "controllers on byte_lm with AdamW, 600 evaluations: excess test loss in nats",
     "feasibility": "best constant α in closure mode (half the steps) against the references",
     "trace": "α and loss along runs of --controllers on --problem/--inner/--modes, α₀ 1e-2",
+    "per-alpha0": "the bar's ratio for every α₀ and seed (--controllers, --inners, --modes)",
 }
 
 
@@ -1045,6 +1074,8 @@ def main(argv: Sequence[str] | None = None) -> None:
             for mode in modes:
                 print(trace_table(c, args.problem, args.inner, mode, args.evals or 1200, 1e-2,
                                   seeds))
+    elif args.experiment == "per-alpha0":
+        print(per_alpha0_table(controllers, "bar", args.evals or 1200, seeds, inners, modes))
     elif args.experiment == "untuned":
         for name in args.problems.split(","):
             print(table(controllers, name, args.evals or 1200, seeds, inners, modes))
