@@ -129,10 +129,18 @@ class Today(Controller):
     name: str = "today"
     gamma: float = 0.5
     reject: bool = True
+    floor: float = 0.0
+    """> 0: a Newton decrease never takes α below floor × the largest α seen (after
+    ``floor_after`` Newton updates); undo back-offs and non-finite cuts are not floored."""
+    floor_after: int = 0
 
     def init(self, alpha0: float, closure: bool) -> State:
-        return {"alpha": alpha0, "closure": float(closure), "A": math.nan, "C": math.nan,
-                "step": alpha0}
+        s = {"alpha": alpha0, "closure": float(closure), "A": math.nan, "C": math.nan,
+             "step": alpha0}
+        if self.floor > 0:
+            s["updates"] = 0.0
+            s["peak"] = alpha0 if self.floor_after == 0 else 0.0
+        return s
 
     def before_step(self, state: State, obs: Before) -> tuple[State, float]:
         s = dict(state)
@@ -144,7 +152,15 @@ class Today(Controller):
             f = 1 + B / C if C > 1e-6 * (abs(A) + abs(B)) else 1.25
             if A == 0 and B == 0:
                 f = 1.0
-            s["alpha"] = _clamp(s["alpha"] * _clamp(f, 0.5, 4.0) ** self.gamma, 1e-8, 10.0)
+            prev = s["alpha"]
+            s["alpha"] = _clamp(prev * _clamp(f, 0.5, 4.0) ** self.gamma, 1e-8, 10.0)
+            if self.floor > 0:
+                if s["alpha"] < prev and s["peak"] > 0:
+                    # a decrease stops at the floor (but does not lift an α already below it)
+                    s["alpha"] = max(s["alpha"], min(prev, self.floor * s["peak"]))
+                s["updates"] += 1
+                if s["updates"] >= self.floor_after:
+                    s["peak"] = max(s["peak"], s["alpha"])
         s["step"] = s["alpha"] * obs.schedule
         return s, s["alpha"]
 
@@ -595,6 +611,9 @@ CONTROLLERS: dict[str, Controller] = {
     "rec_r8_f3": replace(REC_V1, name="rec_r8_f3", ratchet=0.8, floor=0.3),
     "rec_r9_f1": replace(REC_V1, name="rec_r9_f1", ratchet=0.9, floor=0.1),
     "today": Today(),
+    "today_f3": Today(name="today_f3", floor=0.3),
+    "today_f1": Today(name="today_f1", floor=0.1),
+    "today_f3_a10": Today(name="today_f3_a10", floor=0.3, floor_after=10),
     "asym": Asym(),
     "asym_k2": Asym(name="asym_k2", k=2.0, dec_cap=0.0),
     "win": Window(),
