@@ -415,6 +415,7 @@ class Gate(Controller):
     lr_min: float = 1e-10
     lr_max: float = 100.0
     anchor: float = 0.0  # K > 0: phase 1 doubles whatever ρ says while α < α₀/K (α₀ = user lr)
+    anchor_stop: bool = False  # H19: reaching α₀/K ends phase 1 (phase 2 climbs from there)
 
     def init(self, alpha0: float, closure: bool) -> State:
         a0 = min(alpha0, self.start) if self.start is not None else alpha0
@@ -459,6 +460,8 @@ class Gate(Controller):
             if s["phase"] == 1.0 and s["alpha"] < target:
                 # anchored start: double unconditionally up to α₀/K (clamped there)
                 s["alpha"] = min(s["alpha"] * self.g1, target, self.lr_max)
+                if self.anchor_stop and s["alpha"] >= target:
+                    s["phase"] = 2.0
             elif s["phase"] == 1.0 and grow:
                 s["alpha"] = min(s["alpha"] * self.g1, self.lr_max)
             else:
@@ -563,6 +566,8 @@ CONTROLLERS: dict[str, Controller] = {
     "rec": REC,
     "rec_a16": replace(REC, name="rec_a16", anchor=16.0),
     "rec_a4": replace(REC, name="rec_a4", anchor=4.0),
+    "rec_a16s": replace(REC, name="rec_a16s", anchor=16.0, anchor_stop=True),
+    "rec_a64s": replace(REC, name="rec_a64s", anchor=64.0, anchor_stop=True),
     "rec_h6": REC_H6,
     "rec_v1": REC_V1,
     "rec_p8": replace(REC_H6, name="rec_p8", prime=8.0),
