@@ -416,9 +416,9 @@ def _fusable(tensors: list[Tensor]) -> bool:
     dtypes on one device, at most `CHUNK` entries in all."""
     device, total = tensors[0].device, 0
     for t in tensors:
-        if (type(t) is not Tensor and type(t) is not torch.nn.Parameter) or (
+        total += t.numel()
+        if total > CHUNK or (type(t) is not Tensor and type(t) is not torch.nn.Parameter) or (
                 t.layout is not torch.strided or t.dtype not in _FUSABLE_DTYPES
                 or t.device != device):
-            return False
-        total += t.numel()
-    return total <= CHUNK
+            return False  # a large model stops at the tensor that passes CHUNK
+    return True

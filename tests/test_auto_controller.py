@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 import newt
 from newt import rule
-from tests.helpers import host_read_counter
+from tests.helpers import host_read_counter, step_in_mode
 
 DIM, SAMPLES, BATCH = 8, 256, 16
 
@@ -63,11 +63,7 @@ def _run(controller: str, *, full_batch: bool, closure: bool = False, steps: int
             loss.backward()
             return loss
 
-        if closure:
-            opt.step(loss_fn)
-        else:
-            loss_fn()
-            opt.step()
+        step_in_mode(opt, loss_fn, "closure" if closure else "free")
         alphas.append(opt.alphas[0])
         if stop is not None and t + 1 == stop:
             buffer = io.BytesIO()
