@@ -409,6 +409,7 @@ class Gate(Controller):
     overshoot_fix: bool = False  # after the overshoot, gated decreases no longer lower the cap
     overshoot_once: bool = True  # only the first overshoot of the run acts
     overshoot_plain: bool = False  # H11: the overshoot acts only when β₁ = 0 and closure-free
+    overshoot_free: bool = False  # H20: … only closure-free (any β₁)
     curvature: str = "auto"  # "auto": same-batch in closure mode; "fresh": always A − B
     reject: bool = False
     backoff: float = 0.7
@@ -510,7 +511,8 @@ class Gate(Controller):
                 limit = self.overshoot / (1 - self.momentum if self.overshoot_scaled else 1)
                 plain = self.momentum == 0 and not s["closure"]
                 if (B / A < limit and not (self.overshoot_once and s.get("shot"))
-                        and (plain or not self.overshoot_plain)):
+                        and (plain or not self.overshoot_plain)
+                        and not (self.overshoot_free and s["closure"])):
                     # the step went past the fresh batch's line minimum by more than 2×
                     # (ρ < −1 on a quadratic): remember it as a cap, and step back
                     s["shot"] = 1.0
@@ -569,6 +571,13 @@ CONTROLLERS: dict[str, Controller] = {
     "rec_a16s": replace(REC, name="rec_a16s", anchor=16.0, anchor_stop=True),
     "rec_a64s": replace(REC, name="rec_a64s", anchor=64.0, anchor_stop=True),
     "rec_h6": REC_H6,
+    "rec_of": replace(REC, name="rec_of", overshoot_plain=False, overshoot_free=True),
+    "rec_ofm": replace(REC, name="rec_ofm", overshoot_plain=False, overshoot_free=True,
+                       overshoot_scaled=True),
+    "rec_ofp": replace(REC, name="rec_ofp", overshoot_plain=False, overshoot_free=True,
+                       overshoot_power=True),
+    "rec_ofmp": replace(REC, name="rec_ofmp", overshoot_plain=False, overshoot_free=True,
+                        overshoot_scaled=True, overshoot_power=True),
     "rec_v1": REC_V1,
     "rec_p8": replace(REC_H6, name="rec_p8", prime=8.0),
     "rec_o1": replace(REC_H6, name="rec_o1", overshoot=-1.0),
@@ -953,6 +962,49 @@ def per_alpha0_table(controllers: Sequence[Controller], prob_name: str, evals: i
     return "\n".join(lines)
 
 
+def _quantile(xs: Sequence[float], q: float) -> float:
+    """The q-quantile of xs by linear interpolation between order statistics."""
+    xs = sorted(xs)
+    i = q * (len(xs) - 1)
+    lo = int(i)
+    hi = min(lo + 1, len(xs) - 1)
+    return xs[lo] + (xs[hi] - xs[lo]) * (i - lo)
+
+
+def spread_table(controllers: Sequence[Controller], prob_name: str, evals: int,
+                 seeds: Sequence[int], inners: Sequence[str], modes: Sequence[bool],
+                 alpha0s: Sequence[float] = ALPHA0S) -> str:
+    """A Markdown table of the distribution of the ratio over many seeds (H20): the bar's
+    cells are heavy-tailed, so a worst case over 3–5 seeds is one draw of the tail.
+
+    Cell = median / q75 / q90 / worst of the ratio to the decade grid's best lr over
+    every (α₀, seed), the number of runs above 1.25 and above 2, and the worst of the
+    ratio to the quarter-decade grid's best lr. Start-small controllers share one run
+    between the α₀ below their start (as in ``evaluate``).
+    """
+    lines = [f"problem `{prob_name}`, {evals} evaluations, seeds 0–{max(seeds)}, "
+             f"α₀ ∈ {list(alpha0s)}; cell = median / q75 / q90 / worst ratio to the decade "
+             "grid's best lr (runs > 1.25, runs > 2, of n) (fine-grid worst)", "",
+             "| controller | cell | ratio | runs |", "|---|---|---|---|"]
+    for c in controllers:
+        for inner in inners:
+            for mode in modes:
+                ratios: list[float] = []
+                fine: list[float] = []
+                for a0 in alpha0s:
+                    cell = evaluate(c, prob_name, inner, mode, evals, seeds, alpha0s=(a0,))
+                    ratios += cell.ratios
+                    fine += cell.fine
+                print(f"  {c.name} {inner} {'closure' if mode else 'free'}: "
+                      + " ".join(_fmt(r) for r in ratios), file=sys.stderr)
+                qs = " / ".join(_fmt(_quantile(ratios, q)) for q in (0.5, 0.75, 0.9, 1.0))
+                lines.append(
+                    f"| {c.name} | {inner} {'closure' if mode else 'free'} | {qs} | "
+                    f"{sum(r > 1.25 for r in ratios)}, {sum(r > 2 for r in ratios)} of "
+                    f"{len(ratios)} ({_fmt(max(fine))}) |")
+    return "\n".join(lines)
+
+
 def trace_table(controller: Controller, prob_name: str, inner: str, closure: bool, evals: int,
                 alpha0: float, seeds: Sequence[int]) -> str:
     """α and the full-batch training loss at 12 checkpoints, per seed."""
@@ -1048,6 +1100,7 @@ EXPERIMENTS: dict[str, str] = {
     "feasibility": "best constant α in closure mode (half the steps) against the references",
     "trace": "α and loss along runs of --controllers on --problem/--inner/--modes, α₀ 1e-2",
     "per-alpha0": "the bar's ratio for every α₀ and seed (--controllers, --inners, --modes)",
+    "spread": "quantiles of the ratio over many seeds and α₀ (--problem, --alpha0s, --seeds)",
 }
 
 
@@ -1066,6 +1119,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--modes", default="free,closure")
     parser.add_argument("--evals", type=int, default=None)
     parser.add_argument("--seeds", type=int, default=1, help="seeds 0 … n−1")
+    parser.add_argument("--alpha0s", default=None,
+                        help="comma-separated α₀ for --experiment spread (default: all four)")
     args = parser.parse_args(argv)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     torch.set_num_threads(1)
@@ -1100,6 +1155,11 @@ def main(argv: Sequence[str] | None = None) -> None:
                                   seeds))
     elif args.experiment == "per-alpha0":
         print(per_alpha0_table(controllers, "bar", args.evals or 1200, seeds, inners, modes))
+    elif args.experiment == "spread":
+        alpha0s = (tuple(float(a) for a in args.alpha0s.split(",")) if args.alpha0s
+                   else ALPHA0S)
+        print(spread_table(controllers, args.problem, args.evals or 1200, seeds, inners,
+                           modes, alpha0s))
     elif args.experiment == "untuned":
         for name in args.problems.split(","):
             print(table(controllers, name, args.evals or 1200, seeds, inners, modes))
