@@ -417,6 +417,10 @@ class Gate(Controller):
     lr_max: float = 100.0
     anchor: float = 0.0  # K > 0: phase 1 doubles whatever ρ says while α < α₀/K (α₀ = user lr)
     anchor_stop: bool = False  # H19: reaching α₀/K ends phase 1 (phase 2 climbs from there)
+    stall: int = 0  # H21: W > 0: every W phase-2 steps, compare the window's mean log a
+    stall_drop: float = 0.5  # … with the previous window's: unless a fell by this factor,
+    stall_factor: float = 0.8  # … α ← α × stall_factor and the cap ← min(cap, the new α)
+    stall_momentum: bool = False  # … only closure-free with β₁ > 0 (H11's event covers β₁ = 0)
 
     def init(self, alpha0: float, closure: bool) -> State:
         a0 = min(alpha0, self.start) if self.start is not None else alpha0
@@ -525,6 +529,20 @@ class Gate(Controller):
                     if self.overshoot_power:
                         target = s["alpha"] * (target / s["alpha"]) ** (1 - self.momentum)
                     new = min(new, target)
+                if (self.stall > 0 and a > 0
+                        and not (self.stall_momentum
+                                 and (s["closure"] or self.momentum == 0))):
+                    # a stalled gradient scale (a = A/η not falling over a window) reads as
+                    # a run at its noise floor or held above its stability edge: step down
+                    s["sw"] = s.get("sw", 0.0) + math.log(a)
+                    s["sn"] = s.get("sn", 0.0) + 1
+                    if s["sn"] >= self.stall:
+                        mean, prev = s["sw"] / s["sn"], s.get("sp", math.nan)
+                        if math.isfinite(prev) and mean > prev + math.log(self.stall_drop):
+                            new = min(new, self.stall_factor * s["alpha"])
+                            s["ceiling"] = min(s.get("ceiling", math.inf), new)
+                            s["stalls"] = s.get("stalls", 0.0) + 1
+                        s["sp"], s["sw"], s["sn"] = mean, 0.0, 0.0
                 if self.floor > 0:
                     # the brake may undo at most a factor 1/floor of the largest α reached
                     s["peak"] = max(s.get("peak", 0.0), s["alpha"])
@@ -571,6 +589,9 @@ CONTROLLERS: dict[str, Controller] = {
     "rec_a16s": replace(REC, name="rec_a16s", anchor=16.0, anchor_stop=True),
     "rec_a64s": replace(REC, name="rec_a64s", anchor=64.0, anchor_stop=True),
     "rec_h6": REC_H6,
+    "rec_st100": replace(REC, name="rec_st100", stall=100),
+    "rec_st50": replace(REC, name="rec_st50", stall=50),
+    "rec_st100m": replace(REC, name="rec_st100m", stall=100, stall_momentum=True),
     "rec_of": replace(REC, name="rec_of", overshoot_plain=False, overshoot_free=True),
     "rec_ofm": replace(REC, name="rec_ofm", overshoot_plain=False, overshoot_free=True,
                        overshoot_scaled=True),
