@@ -44,6 +44,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, NamedTuple
 
+import numpy as np
 import torch
 
 from newt.problems import PROBLEMS, Problem, digits_mlp
@@ -541,7 +542,6 @@ class Gate(Controller):
                         if math.isfinite(prev) and mean > prev + math.log(self.stall_drop):
                             new = min(new, self.stall_factor * s["alpha"])
                             s["ceiling"] = min(s.get("ceiling", math.inf), new)
-                            s["stalls"] = s.get("stalls", 0.0) + 1
                         s["sp"], s["sw"], s["sn"] = mean, 0.0, 0.0
                 if self.floor > 0:
                     # the brake may undo at most a factor 1/floor of the largest α reached
@@ -983,15 +983,6 @@ def per_alpha0_table(controllers: Sequence[Controller], prob_name: str, evals: i
     return "\n".join(lines)
 
 
-def _quantile(xs: Sequence[float], q: float) -> float:
-    """The q-quantile of xs by linear interpolation between order statistics."""
-    xs = sorted(xs)
-    i = q * (len(xs) - 1)
-    lo = int(i)
-    hi = min(lo + 1, len(xs) - 1)
-    return xs[lo] + (xs[hi] - xs[lo]) * (i - lo)
-
-
 def spread_table(controllers: Sequence[Controller], prob_name: str, evals: int,
                  seeds: Sequence[int], inners: Sequence[str], modes: Sequence[bool],
                  alpha0s: Sequence[float] = ALPHA0S) -> str:
@@ -1017,7 +1008,7 @@ def spread_table(controllers: Sequence[Controller], prob_name: str, evals: int,
                 ratios, fine = cell.ratios, cell.fine
                 print(f"  {c.name} {inner} {'closure' if mode else 'free'}: "
                       + " ".join(_fmt(r) for r in ratios), file=sys.stderr)
-                qs = " / ".join(_fmt(_quantile(ratios, q)) for q in (0.5, 0.75, 0.9, 1.0))
+                qs = " / ".join(_fmt(float(x)) for x in np.quantile(ratios, (0.5, 0.75, 0.9, 1)))
                 lines.append(
                     f"| {c.name} | {inner} {'closure' if mode else 'free'} | {qs} | "
                     f"{sum(r > low for r in ratios)}, {sum(r > high for r in ratios)} of "
