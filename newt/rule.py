@@ -104,6 +104,10 @@ class Safeguard(enum.IntEnum):
     OVERSHOOT = 11
     """``controller="gated"``, closure-free without momentum: the first fresh overshoot
     (ρ = B/A < −1) capped later growth at 0.9α and halved α."""
+    STALL = 12
+    """``controller="gated"``, closure-free with momentum: the gradient scale along the
+    step did not fall over a window as a converging run's does; α × 0.8 and later growth
+    capped there."""
 
 
 class StepSizeUpdate(NamedTuple):
@@ -591,6 +595,14 @@ GATED_OVERSHOOT = -1.0
 fresh batch's line minimum), closure-free and without momentum, caps growth at
 GATED_RATCHET × α and shrinks α × GATED_OVERSHOOT_SHRINK (docs/design/alpha.md, H11)."""
 GATED_OVERSHOOT_SHRINK = 0.5
+GATED_STALL_WINDOW = 100
+"""Closure-free with momentum (β₁ > 0): the first window of phase-2 updates over which the
+mean of log a (a = A/η, the gradient scale along the step) is formed (H22)."""
+GATED_STALL_GROWTH = 1.5
+"""Each window is this many times longer than the one before; unless the mean of log a
+fell by log GATED_STALL_GROWTH from the previous window (a ∝ t^(−p) with p < 1: a scale
+that stalls), α × GATED_STALL_FACTOR and the cap follows (H22)."""
+GATED_STALL_FACTOR = 0.8
 
 
 AUTO_QUIET = 1e-3
@@ -658,6 +670,14 @@ class GatedState(NamedTuple):
     """int64, ``controller="auto"``: steps so far that could have been measured and were
     not, while watching (a host int, as ``quiet``); at `AUTO_PATIENCE` the watch ends,
     gated."""
+    stall_sum: Scalar = 0.0
+    """The sum of log a (a = A/η) over the current window (closure-free, β₁ > 0; H22)."""
+    stall_count: Scalar = 0
+    """int64: the updates in the current window."""
+    stall_window: Scalar = float(GATED_STALL_WINDOW)
+    """The current window's length in updates (× `GATED_STALL_GROWTH` after each window)."""
+    stall_mean: Scalar = math.nan
+    """The mean of log a over the previous window (NaN before the first is complete)."""
 
 
 def gated_init(device: torch.device | None) -> GatedState:
@@ -667,7 +687,8 @@ def gated_init(device: torch.device | None) -> GatedState:
     return GatedState(pending=false, slope=nan, step=nan, started=false, phase=izero + 1,
                       cap=zero + math.inf, peak=zero, streak=izero, mean_b=zero, mean_b2=zero,
                       mean_a=zero, mean_c=zero, count=izero, updates=izero, free=false,
-                      shot=false)
+                      shot=false, stall_sum=zero, stall_count=izero,
+                      stall_window=zero + GATED_STALL_WINDOW, stall_mean=nan)
 
 
 def auto_init(device: torch.device | None) -> GatedState:
@@ -805,6 +826,17 @@ def gated_before_step(state: GatedState, probe: Probe, alpha: Scalar,
             & (B / safe_A < GATED_OVERSHOOT))
     cap = xp.where(shot, xp.minimum(cap, GATED_RATCHET * a), cap)
     proposed = xp.where(shot, xp.minimum(proposed, GATED_OVERSHOOT_SHRINK * a), proposed)
+    # a gradient scale that stops falling, closure-free with momentum (H22): over windows
+    # of 100, 150, 225, … updates, a converging run's a ∝ t^(−p) has a mean log a that
+    # falls by p log 1.5 per window; unless it falls by log 1.5 (p ≥ 1), step down
+    counted = newton & state.free & (probe.momentum > 0) & (aa > 0)
+    stall_sum = state.stall_sum + xp.where(counted, xp.log(xp.where(counted, aa, one)), 0.0)
+    stall_count = state.stall_count + xp.integer(counted)
+    full = counted & (stall_count >= state.stall_window)
+    window_mean = stall_sum / xp.real(xp.where(full, stall_count, 1), like=A)
+    stall = full & (window_mean > state.stall_mean - math.log(GATED_STALL_GROWTH))
+    proposed = xp.where(stall, xp.minimum(proposed, GATED_STALL_FACTOR * a), proposed)
+    cap = xp.where(stall, xp.minimum(cap, proposed), cap)
     peak = xp.maximum(state.peak, a)
     proposed = xp.maximum(proposed, GATED_FLOOR * peak)
 
@@ -818,8 +850,9 @@ def gated_before_step(state: GatedState, probe: Probe, alpha: Scalar,
         xp.not_(finite), int(Safeguard.SKIPPED), xp.where(
             grow, int(Safeguard.GROWTH), xp.where(
                 newton & shot, int(Safeguard.OVERSHOOT), xp.where(
-                    newton & (f == 1), int(Safeguard.GATED), xp.where(
-                        newton, int(Safeguard.NEWTON), int(Safeguard.FIRST_STEP))))))
+                    stall, int(Safeguard.STALL), xp.where(
+                        newton & (f == 1), int(Safeguard.GATED), xp.where(
+                            newton, int(Safeguard.NEWTON), int(Safeguard.FIRST_STEP)))))))
     nan = xp.const(math.nan, A)
     report = usable | xp.not_(finite)
     decision = Decision(
@@ -836,7 +869,12 @@ def gated_before_step(state: GatedState, probe: Probe, alpha: Scalar,
         mean_c=xp.where(newton, mean_c, state.mean_c),
         count=xp.where(newton, count, state.count),
         updates=state.updates + xp.integer(usable),
-        shot=state.shot | (newton & shot))
+        shot=state.shot | (newton & shot),
+        stall_sum=xp.where(full, 0.0, stall_sum),
+        stall_count=xp.where(full, 0, stall_count),
+        stall_window=xp.where(full, GATED_STALL_GROWTH * state.stall_window,
+                              state.stall_window),
+        stall_mean=xp.where(full, window_mean, state.stall_mean))
     return new_state, decision
 
 

@@ -24,11 +24,16 @@ from newt.problems import Problem
 DIM, HIDDEN, SAMPLES, BATCH = 6, 8, 256, 32
 
 
-def _problem() -> Problem:
-    """A small float64 tanh MLP regression with minibatches (noisy slopes, curvature)."""
-    gen = torch.Generator().manual_seed(0)
+def _problem(noise: bool = False) -> Problem:
+    """A small float64 tanh MLP regression with minibatches (noisy slopes, curvature);
+    ``noise``: targets independent of the inputs, so the loss soon sits at its noise
+    floor and the gradient scale stops falling (H22's stall)."""
+    gen = torch.Generator().manual_seed(1 if noise else 0)
     x = torch.randn(SAMPLES, DIM, generator=gen, dtype=torch.float64)
-    y = torch.sin(x @ torch.randn(DIM, generator=gen, dtype=torch.float64)).unsqueeze(1)
+    if noise:
+        y = torch.randn(SAMPLES, 1, generator=gen, dtype=torch.float64)
+    else:
+        y = torch.sin(x @ torch.randn(DIM, generator=gen, dtype=torch.float64)).unsqueeze(1)
 
     def init(seed: int) -> nn.Module:
         torch.manual_seed(seed)
@@ -48,20 +53,22 @@ def _problem() -> Problem:
         with torch.no_grad():
             return float(loss(model, (x, y)))
 
-    return Problem(name="tiny", init=init, loss=loss, batches=batches, train_loss=train_loss,
-                   stochastic=True, dtype=torch.float64)
+    return Problem(name="noise" if noise else "tiny", init=init, loss=loss, batches=batches,
+                   train_loss=train_loss, stochastic=True, dtype=torch.float64)
 
 
 PROBLEM = _problem()
+NOISE = _problem(noise=True)
 INNERS = {"Adam": torch.optim.Adam, "SGD": torch.optim.SGD}
 
 
 def _core(inner: str, alpha0: float, *, closure: bool, steps: int, seed: int = 0,
-          stop: int | None = None, resume: dict | None = None, schedule=None):
+          stop: int | None = None, resume: dict | None = None, schedule=None,
+          problem: Problem = PROBLEM):
     """Run NewtOptimizer(controller="gated") as the harness's loop does; return the step
     sizes the inner optimizer used, the model and the optimizer. ``schedule`` (a function
     of t / steps) is attached as a ``LambdaLR``."""
-    model = PROBLEM.init(seed)
+    model = problem.init(seed)
     params = list(model.parameters())
     opt = newt.NewtOptimizer(INNERS[inner](params, lr=alpha0), controller="gated")
     scheduler = (torch.optim.lr_scheduler.LambdaLR(opt, lambda t: schedule(t / steps))
@@ -74,7 +81,7 @@ def _core(inner: str, alpha0: float, *, closure: bool, steps: int, seed: int = 0
         return inner_step(*args, **kwargs)
 
     opt.inner.step = recording_step  # type: ignore[method-assign]
-    batches = PROBLEM.batches(seed)
+    batches = problem.batches(seed)
     start = 0
     if resume is not None:
         model.load_state_dict(resume["model"])
@@ -89,7 +96,7 @@ def _core(inner: str, alpha0: float, *, closure: bool, steps: int, seed: int = 0
 
         def evaluate(batch=batch):
             opt.zero_grad()
-            loss = PROBLEM.loss(model, batch)
+            loss = problem.loss(model, batch)
             loss.backward()
             return loss
 
@@ -104,11 +111,12 @@ def _core(inner: str, alpha0: float, *, closure: bool, steps: int, seed: int = 0
 
 
 def _harness(inner: str, alpha0: float, *, closure: bool, steps: int,
-             monkeypatch: pytest.MonkeyPatch, schedule=None) -> ac.RunOut:
-    monkeypatch.setattr(ac, "problem", lambda name: PROBLEM)
+             monkeypatch: pytest.MonkeyPatch, schedule=None,
+             problem: Problem = PROBLEM) -> ac.RunOut:
+    monkeypatch.setattr(ac, "problem", lambda name: problem)
     monkeypatch.setitem(ac.INNER, inner, INNERS[inner])
     evals = 2 * steps if closure else steps
-    return ac.train("tiny", inner, ac.for_inner(ac.REC, inner), alpha0, closure=closure,
+    return ac.train(problem.name, inner, ac.for_inner(ac.REC, inner), alpha0, closure=closure,
                     evals=evals, seed=0, schedule=schedule)
 
 
@@ -131,6 +139,86 @@ def test_matches_the_harness_float_implementation(inner, closure, monkeypatch):
         assert ref.rejects > 0  # the undo path is exercised too
     # closure-free SGD (β₁ = 0) meets its first fresh overshoot: the H11 event is exercised
     assert bool(state.shot) is (inner == "SGD" and not closure)
+
+
+def test_a_stall_matches_the_harness(monkeypatch):
+    """Past three stall windows (H22), on targets that are pure noise: the core takes the
+    harness's step sizes. (The stall itself, with α above the floor, is the next test's.)"""
+    steps = 560
+    used, model, opt = _core("Adam", 1e-2, closure=False, steps=steps, problem=NOISE)
+    ref = _harness("Adam", 1e-2, closure=False, steps=steps, monkeypatch=monkeypatch,
+                   problem=NOISE)
+    assert used == pytest.approx(ref.alphas, rel=1e-9, abs=0)
+    assert NOISE.train_loss(model) == pytest.approx(ref.loss, rel=1e-9)
+    state = opt._states[0].rule
+    assert state.stall_window == pytest.approx(100 * 1.5**3)  # three windows completed
+    # the step-down's test ran, and did not act: α sits at the floor, 0.3 × its peak
+    assert used[-1] == pytest.approx(0.3 * float(state.peak), rel=1e-12)
+
+
+def _drive(momentum: float, closure: bool, device: torch.device | None, calls: int):
+    """The gated rule alone, and the harness's ``REC`` beside it, on a constant gradient
+    scale a = A/η = 1 with fresh slopes that keep every Newton factor inside the
+    significance gates (f = 1), so that only the stall can move α. Returns the core's
+    safeguards and α of every `before_step`, and the harness's α."""
+    options = newt.NewtOptimizer(torch.optim.SGD([nn.Parameter(torch.ones(1))], lr=1e-2),
+                                 controller="gated")._all_options()[0]
+    tensor = (lambda v: v) if device is None else (
+        lambda v: torch.tensor(v, dtype=torch.float64, device=device))
+    state, alpha = rule.gated_init(device), tensor(1e-2)
+    gate = replace(ac.REC, momentum=momentum)
+    ref = gate.init(1e-2, closure)
+    tau = rule.GATED_TAU * (1 - momentum)
+    guards, alphas, expected = [], [], []
+    eta = math.nan
+    for t in range(calls):
+        # ρ = B/A = −τ ± 0.5: the shifted slope averages to 0, its s.d. keeps it gated
+        fresh = (-tau + (0.5 if t % 2 else -0.5)) * eta if t else None
+        state, decision = rule.gated_before_step(
+            state, rule.Probe(tensor(math.nan if fresh is None else fresh),
+                              True if device is None else torch.tensor(True), momentum),
+            alpha, options)
+        ref, ref_alpha = gate.before_step(ref, ac.Before(fresh, True, 1.0))
+        guards.append(int(decision.safeguard))
+        alphas.append(float(decision.alpha))
+        expected.append(ref_alpha)
+        alpha = decision.alpha
+        eta = float(alpha)  # A = η: a = 1 at every step
+        look = (0.5 * eta, 1.0, 0.9) if closure else (None, None, None)
+        state, decision = rule.gated_after_step(state, rule.Outcome(
+            tensor(eta), *(None if v is None else tensor(v) for v in look), own_loss=True,
+            scale=tensor(1.0)), alpha, options)
+        ref, accept, _ = gate.after_step(ref, ac.After(eta, look[0], look[1] or 1.0, look[2]))
+        assert bool(decision.accept) and accept
+        alpha = decision.alpha
+    return guards, alphas, expected
+
+
+@pytest.mark.parametrize("device", [None, torch.device("cpu")], ids=["host", "tensor"])
+@pytest.mark.parametrize("case", ["momentum", "plain", "closure"])
+def test_a_stalled_gradient_scale_steps_down_at_the_end_of_growing_windows(case, device):
+    """H22: closure-free with β₁ > 0, windows of 100, 150, 225, 337.5 updates; at the end
+    of each after the first, a mean log a that did not fall by log 1.5 multiplies α by
+    0.8 (here a never falls). β₁ = 0 and closure mode have their own brakes: no stall.
+    The harness's ``REC`` takes the same α."""
+    calls = 900
+    guards, alphas, expected = _drive(0.0 if case == "plain" else 0.9, case == "closure",
+                                      device, calls)
+    assert alphas == pytest.approx(expected, rel=1e-12, abs=0)
+    stalls = [t for t, g in enumerate(guards) if g == rule.Safeguard.STALL]
+    # call t > 0 is update t; windows end at updates 100, 250, 475, 813 (≥ 812.5)
+    if case == "momentum":
+        assert stalls == [250, 475, 813]
+        for t in stalls:
+            assert alphas[t] == pytest.approx(0.8 * alphas[t - 1], rel=1e-12)
+        assert alphas[-1] == pytest.approx(alphas[1] * 0.8**3, rel=1e-12)
+    else:
+        assert stalls == []
+        assert alphas[-1] == alphas[1]
+    # the first update has one sample (s.d. 0, not gated); later factors are gated, so α
+    # moves only at the stalls
+    assert guards[:2] == [rule.Safeguard.FIRST_STEP, rule.Safeguard.NEWTON]
+    assert all(g in (rule.Safeguard.GATED, rule.Safeguard.STALL) for g in guards[2:])
 
 
 @pytest.mark.parametrize("closure", [False, True], ids=["free", "closure"])
@@ -261,18 +349,19 @@ def test_the_first_fresh_overshoot_caps_and_shrinks_only_without_momentum_closur
 
 @pytest.mark.parametrize("host", [True, False], ids=["host", "tensor"])
 def test_a_checkpoint_saved_before_the_overshoot_fields_loads(host):
-    """A gated state_dict without ``free`` and ``shot`` (saved before H11) loads, with
-    both false; the state then round-trips with them."""
+    """A gated state_dict without ``free`` and ``shot`` (saved before H11) or the stall
+    fields (before H22) loads, with their defaults; the state then round-trips with them."""
     _, model, opt = _core("SGD", 0.3, closure=False, steps=150)
     saved = opt.state_dict()
     assert bool(saved["newt"]["groups"][0]["rule"]["shot"])  # this run met its overshoot
-    for key in ("free", "shot"):
+    for key in ("free", "shot", "stall_sum", "stall_count", "stall_window", "stall_mean"):
         del saved["newt"]["groups"][0]["rule"][key]
     fresh = newt.NewtOptimizer(torch.optim.SGD(model.parameters(), lr=0.3), controller="gated")
     fresh._host_scalars = host
     fresh.load_state_dict(saved)
     rule_state = fresh._states[0].rule
     assert not bool(rule_state.free) and not bool(rule_state.shot)
+    assert float(rule_state.stall_window) == 100 and math.isnan(float(rule_state.stall_mean))
     assert isinstance(rule_state.shot, torch.Tensor) is (not host)
     again = newt.NewtOptimizer(torch.optim.SGD(model.parameters(), lr=0.3), controller="gated")
     again.load_state_dict(opt.state_dict())

@@ -422,6 +422,7 @@ class Gate(Controller):
     stall_drop: float = 0.5  # … with the previous window's: unless a fell by this factor,
     stall_factor: float = 0.8  # … α ← α × stall_factor and the cap ← min(cap, the new α)
     stall_momentum: bool = False  # … only closure-free with β₁ > 0 (H11's event covers β₁ = 0)
+    stall_grow: float = 1.0  # H22: each window is this many times longer than the one before
 
     def init(self, alpha0: float, closure: bool) -> State:
         a0 = min(alpha0, self.start) if self.start is not None else alpha0
@@ -537,12 +538,16 @@ class Gate(Controller):
                     # a run at its noise floor or held above its stability edge: step down
                     s["sw"] = s.get("sw", 0.0) + math.log(a)
                     s["sn"] = s.get("sn", 0.0) + 1
-                    if s["sn"] >= self.stall:
+                    if s["sn"] >= s.get("sW", self.stall):
                         mean, prev = s["sw"] / s["sn"], s.get("sp", math.nan)
                         if math.isfinite(prev) and mean > prev + math.log(self.stall_drop):
                             new = min(new, self.stall_factor * s["alpha"])
                             s["ceiling"] = min(s.get("ceiling", math.inf), new)
                         s["sp"], s["sw"], s["sn"] = mean, 0.0, 0.0
+                        # H22: with windows growing geometrically, a ∝ t^(−p) falls by
+                        # stall_grow^p per window at every t, so the test asks p ≥ log(1/drop)
+                        # / log(grow) instead of a fall per fixed window that shrinks as t grows
+                        s["sW"] = s.get("sW", self.stall) * self.stall_grow
                 if self.floor > 0:
                     # the brake may undo at most a factor 1/floor of the largest α reached
                     s["peak"] = max(s.get("peak", 0.0), s["alpha"])
@@ -578,26 +583,41 @@ REC_V2 = replace(REC_V1, name="rec_v2", ratchet=0.9, floor=0.3)
 REC_H6 = replace(REC_V2, name="rec_h6", streak=3, streak_cap=True, streak_factor=0.9)
 """``rec_v2`` + undo streak (H6): the recommended controller until H11, named ``rec`` in the
 record's tables before H11; the base of the H9–H11 variants."""
-REC = replace(REC_H6, name="rec", overshoot=-1.0, overshoot_plain=True)
-"""The recommended controller (docs/design/alpha.md, section 4): ``rec_h6`` + the first
-fresh overshoot as an event, closure-free and without momentum (``rec_o1p``, H11)."""
+REC_H11 = replace(REC_H6, name="rec_h11", overshoot=-1.0, overshoot_plain=True)
+"""``rec_h6`` + the first fresh overshoot as an event, closure-free and without momentum
+(``rec_o1p``, H11): the recommended controller until H22, named ``rec`` in the record's
+tables of H11–H21; the base of the H12–H22 variants."""
+REC = replace(REC_H11, name="rec", stall=100, stall_grow=1.5, stall_drop=1 / 1.5,
+              stall_momentum=True)
+"""The recommended controller (docs/design/alpha.md, section 4): ``rec_h11`` + a step down
+when the gradient scale stalls over windows of 100, 150, 225, … updates, closure-free with
+momentum (``rec_sg100hm``, H22)."""
 
 CONTROLLERS: dict[str, Controller] = {
     "rec": REC,
-    "rec_a16": replace(REC, name="rec_a16", anchor=16.0),
-    "rec_a4": replace(REC, name="rec_a4", anchor=4.0),
-    "rec_a16s": replace(REC, name="rec_a16s", anchor=16.0, anchor_stop=True),
-    "rec_a64s": replace(REC, name="rec_a64s", anchor=64.0, anchor_stop=True),
+    "rec_h11": REC_H11,
+    "rec_a16": replace(REC_H11, name="rec_a16", anchor=16.0),
+    "rec_a4": replace(REC_H11, name="rec_a4", anchor=4.0),
+    "rec_a16s": replace(REC_H11, name="rec_a16s", anchor=16.0, anchor_stop=True),
+    "rec_a64s": replace(REC_H11, name="rec_a64s", anchor=64.0, anchor_stop=True),
     "rec_h6": REC_H6,
-    "rec_st100": replace(REC, name="rec_st100", stall=100),
-    "rec_st50": replace(REC, name="rec_st50", stall=50),
-    "rec_st100m": replace(REC, name="rec_st100m", stall=100, stall_momentum=True),
-    "rec_of": replace(REC, name="rec_of", overshoot_plain=False, overshoot_free=True),
-    "rec_ofm": replace(REC, name="rec_ofm", overshoot_plain=False, overshoot_free=True,
+    "rec_st100": replace(REC_H11, name="rec_st100", stall=100),
+    "rec_st50": replace(REC_H11, name="rec_st50", stall=50),
+    "rec_st100m": replace(REC_H11, name="rec_st100m", stall=100, stall_momentum=True),
+    "rec_sg100": replace(REC_H11, name="rec_sg100", stall=100, stall_grow=2.0),
+    "rec_sg50": replace(REC_H11, name="rec_sg50", stall=50, stall_grow=2.0),
+    "rec_sg100h": replace(REC_H11, name="rec_sg100h", stall=100, stall_grow=1.5,
+                          stall_drop=1 / 1.5),
+    "rec_sg100m": replace(REC_H11, name="rec_sg100m", stall=100, stall_grow=2.0,
+                          stall_momentum=True),
+    "rec_sg100hm": replace(REC_H11, name="rec_sg100hm", stall=100, stall_grow=1.5,
+                           stall_drop=1 / 1.5, stall_momentum=True),
+    "rec_of": replace(REC_H11, name="rec_of", overshoot_plain=False, overshoot_free=True),
+    "rec_ofm": replace(REC_H11, name="rec_ofm", overshoot_plain=False, overshoot_free=True,
                        overshoot_scaled=True),
-    "rec_ofp": replace(REC, name="rec_ofp", overshoot_plain=False, overshoot_free=True,
+    "rec_ofp": replace(REC_H11, name="rec_ofp", overshoot_plain=False, overshoot_free=True,
                        overshoot_power=True),
-    "rec_ofmp": replace(REC, name="rec_ofmp", overshoot_plain=False, overshoot_free=True,
+    "rec_ofmp": replace(REC_H11, name="rec_ofmp", overshoot_plain=False, overshoot_free=True,
                         overshoot_scaled=True, overshoot_power=True),
     "rec_v1": REC_V1,
     "rec_p8": replace(REC_H6, name="rec_p8", prime=8.0),
@@ -625,8 +645,8 @@ CONTROLLERS: dict[str, Controller] = {
     "rec_o1p": replace(REC_H6, name="rec_o1p", overshoot=-1.0, overshoot_plain=True),
     "rec_o1np": replace(REC_H6, name="rec_o1np", overshoot=-1.0, overshoot_shrink=1.0,
                         overshoot_plain=True),
-    "rec_rg02": replace(REC, name="rec_rg02", relax_gated=1.02),
-    "rec_rg05": replace(REC, name="rec_rg05", relax_gated=1.05),
+    "rec_rg02": replace(REC_H11, name="rec_rg02", relax_gated=1.02),
+    "rec_rg05": replace(REC_H11, name="rec_rg05", relax_gated=1.05),
     "rec_k5": replace(REC_H6, name="rec_k5", ratchet_k=5.0),
     "rec_k8": replace(REC_H6, name="rec_k8", ratchet_k=8.0),
     "rec_u": replace(REC_H6, name="rec_u", uncompensated=True),
