@@ -776,8 +776,11 @@ def gated_before_step(state: GatedState, probe: Probe, alpha: Scalar,
       a decrease sets the cap $\min(\text{cap}, 0.9\alpha)$, an increase stops at
       $\max(\text{cap}, \alpha)$; closure-free with $\beta_1 = 0$, the first
       $\rho = B/A < -1$ of the run sets the cap $\min(\text{cap}, 0.9\alpha)$ and
-      $\alpha' \leftarrow \min(\alpha', \alpha/2)$; α never falls below 0.3 × the
-      phase-2 peak.
+      $\alpha' \leftarrow \min(\alpha', \alpha/2)$; closure-free with $\beta_1 > 0$,
+      at the end of each window of $W_k = 100 \cdot 1.5^k$ updates ($k \ge 1$) whose mean
+      of $\log a$ did not fall by $\log 1.5$ from the previous window's (a converging
+      $a \propto t^{-p}$ falls by $p \log 1.5$), $\alpha' \leftarrow \min(\alpha',
+      0.8\alpha)$ and the cap follows (H22); α never falls below 0.3 × the phase-2 peak.
 
     A non-finite gradient skips the step, divides α by 10 and ends phase 1.
     """

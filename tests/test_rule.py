@@ -258,7 +258,7 @@ def test_safeguard_names_are_the_documented_ones():
     assert {s.name.lower() for s in Safeguard} == {
         "newton", "factor_clamp", "lr_clamp", "loss_increase", "nonpositive_curvature",
         "no_information", "nonfinite", "first_step", "skipped", "growth", "gated",
-        "overshoot",
+        "overshoot", "stall",
     }
 
 
