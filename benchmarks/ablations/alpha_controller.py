@@ -596,6 +596,7 @@ momentum (``rec_sg100hm``, H22)."""
 CONTROLLERS: dict[str, Controller] = {
     "rec": REC,
     "rec_h11": REC_H11,
+    "rec_a64s_st": replace(REC, name="rec_a64s_st", anchor=64.0, anchor_stop=True),
     "rec_a16": replace(REC_H11, name="rec_a16", anchor=16.0),
     "rec_a4": replace(REC_H11, name="rec_a4", anchor=4.0),
     "rec_a16s": replace(REC_H11, name="rec_a16s", anchor=16.0, anchor_stop=True),
