@@ -107,7 +107,8 @@ class Safeguard(enum.IntEnum):
     STALL = 12
     """``controller="gated"``, closure-free with momentum: the gradient scale along the
     step did not fall over a window as a converging run's does; α × 0.8 and later growth
-    capped there."""
+    capped there. Where the floor (0.3 × the peak α) binds, α does not move, and the cap,
+    now below α, stops all later growth: α stays at the floor."""
 
 
 class StepSizeUpdate(NamedTuple):
@@ -599,9 +600,12 @@ GATED_STALL_WINDOW = 100
 """Closure-free with momentum (β₁ > 0): the first window of phase-2 updates over which the
 mean of log a (a = A/η, the gradient scale along the step) is formed (H22)."""
 GATED_STALL_GROWTH = 1.5
-"""Each window is this many times longer than the one before; unless the mean of log a
-fell by log GATED_STALL_GROWTH from the previous window (a ∝ t^(−p) with p < 1: a scale
-that stalls), α × GATED_STALL_FACTOR and the cap follows (H22)."""
+"""Each window is this many times longer than the one before (a window ends at the first
+update count at or past its end: updates 100, 250, 475, 813, 1320, …); unless the mean of
+log a fell by log GATED_STALL_GROWTH from the previous window (a ∝ t^(−p) with p < 1: a
+scale that stalls), α × GATED_STALL_FACTOR and the cap follows (H22). The one constant sets
+both the growth of the windows and the fall asked for, so that the test is p ≥ 1 at every
+scale (the harness keeps them apart as ``stall_grow`` and ``stall_drop``)."""
 GATED_STALL_FACTOR = 0.8
 
 

@@ -64,10 +64,11 @@ INNERS = {"Adam": torch.optim.Adam, "SGD": torch.optim.SGD}
 
 def _core(inner: str, alpha0: float, *, closure: bool, steps: int, seed: int = 0,
           stop: int | None = None, resume: dict | None = None, schedule=None,
-          problem: Problem = PROBLEM):
+          problem: Problem = PROBLEM, guards: list[str] | None = None):
     """Run NewtOptimizer(controller="gated") as the harness's loop does; return the step
     sizes the inner optimizer used, the model and the optimizer. ``schedule`` (a function
-    of t / steps) is attached as a ``LambdaLR``."""
+    of t / steps) is attached as a ``LambdaLR``; ``guards`` collects each step's
+    safeguard."""
     model = problem.init(seed)
     params = list(model.parameters())
     opt = newt.NewtOptimizer(INNERS[inner](params, lr=alpha0), controller="gated")
@@ -107,6 +108,8 @@ def _core(inner: str, alpha0: float, *, closure: bool, steps: int, seed: int = 0
             opt.step()
         if scheduler is not None:
             scheduler.step()
+        if guards is not None:
+            guards.append(opt.last_stats()[0].safeguard)
     return used, model, opt
 
 
@@ -143,24 +146,31 @@ def test_matches_the_harness_float_implementation(inner, closure, monkeypatch):
 
 def test_a_stall_matches_the_harness(monkeypatch):
     """Past three stall windows (H22), on targets that are pure noise: the core takes the
-    harness's step sizes. (The stall itself, with α above the floor, is the next test's.)"""
+    harness's step sizes. (The stall with α above the floor is the next test's.)"""
     steps = 560
-    used, model, opt = _core("Adam", 1e-2, closure=False, steps=steps, problem=NOISE)
+    guards: list[str] = []
+    used, model, opt = _core("Adam", 1e-2, closure=False, steps=steps, problem=NOISE,
+                             guards=guards)
     ref = _harness("Adam", 1e-2, closure=False, steps=steps, monkeypatch=monkeypatch,
                    problem=NOISE)
     assert used == pytest.approx(ref.alphas, rel=1e-9, abs=0)
     assert NOISE.train_loss(model) == pytest.approx(ref.loss, rel=1e-9)
     state = opt._states[0].rule
     assert state.stall_window == pytest.approx(100 * 1.5**3)  # three windows completed
-    # the step-down's test ran, and did not act: α sits at the floor, 0.3 × its peak
-    assert used[-1] == pytest.approx(0.3 * float(state.peak), rel=1e-12)
+    # the stall fired once, at step 495 (the end of the third window), with α at the
+    # floor, 0.3 × its peak: α did not move, and the cap fell below it (no more growth)
+    assert [t for t, g in enumerate(guards) if g == "stall"] == [495]
+    assert used[-1] == used[495] == pytest.approx(0.3 * float(state.peak), rel=1e-12)
+    assert float(state.cap) < used[-1]
 
 
-def _drive(momentum: float, closure: bool, device: torch.device | None, calls: int):
-    """The gated rule alone, and the harness's ``REC`` beside it, on a constant gradient
-    scale a = A/η = 1 with fresh slopes that keep every Newton factor inside the
-    significance gates (f = 1), so that only the stall can move α. Returns the core's
-    safeguards and α of every `before_step`, and the harness's α."""
+def _drive(momentum: float, closure: bool, device: torch.device | None, calls: int,
+           scale=lambda update: 1.0):
+    """The gated rule alone, and the harness's ``REC`` beside it, on a gradient scale
+    a = A/η = ``scale(update)`` (update t is formed at call t, from call t − 1's A) with
+    fresh slopes that keep every Newton factor inside the significance gates (f = 1), so
+    that only the stall can move α. Returns the core's safeguards and α of every
+    `before_step`, and the harness's α."""
     options = newt.NewtOptimizer(torch.optim.SGD([nn.Parameter(torch.ones(1))], lr=1e-2),
                                  controller="gated")._all_options()[0]
     tensor = (lambda v: v) if device is None else (
@@ -183,31 +193,42 @@ def _drive(momentum: float, closure: bool, device: torch.device | None, calls: i
         alphas.append(float(decision.alpha))
         expected.append(ref_alpha)
         alpha = decision.alpha
-        eta = float(alpha)  # A = η: a = 1 at every step
-        look = (0.5 * eta, 1.0, 0.9) if closure else (None, None, None)
+        eta = float(alpha)
+        A = scale(t + 1) * eta  # the next update's a = A/η
+        look = (0.5 * A, 1.0, 0.9) if closure else (None, None, None)
         state, decision = rule.gated_after_step(state, rule.Outcome(
-            tensor(eta), *(None if v is None else tensor(v) for v in look), own_loss=True,
+            tensor(A), *(None if v is None else tensor(v) for v in look), own_loss=True,
             scale=tensor(1.0)), alpha, options)
-        ref, accept, _ = gate.after_step(ref, ac.After(eta, look[0], look[1] or 1.0, look[2]))
+        ref, accept, _ = gate.after_step(ref, ac.After(A, look[0], look[1] or 1.0, look[2]))
         assert bool(decision.accept) and accept
         alpha = decision.alpha
     return guards, alphas, expected
 
 
+ENDS = (100, 250, 475, 813)  # the first four windows (100, 150, 225, 337.5 updates) end here
+
+
+def _per_window(fall: float):
+    """a = fall^(−k) in the k-th window of updates (ends at ``ENDS``)."""
+    return lambda update: fall ** -sum(update > end for end in ENDS)
+
+
 @pytest.mark.parametrize("device", [None, torch.device("cpu")], ids=["host", "tensor"])
-@pytest.mark.parametrize("case", ["momentum", "plain", "closure"])
+@pytest.mark.parametrize("case", ["momentum", "plain", "closure", "falling", "slow"])
 def test_a_stalled_gradient_scale_steps_down_at_the_end_of_growing_windows(case, device):
     """H22: closure-free with β₁ > 0, windows of 100, 150, 225, 337.5 updates; at the end
     of each after the first, a mean log a that did not fall by log 1.5 multiplies α by
-    0.8 (here a never falls). β₁ = 0 and closure mode have their own brakes: no stall.
-    The harness's ``REC`` takes the same α."""
+    0.8: a constant a (``momentum``) or one that falls 1.2× a window (``slow``) stalls at
+    every test, one that falls 2× a window (``falling``) never does. β₁ = 0 and closure
+    mode have their own brakes: no stall. The harness's ``REC`` takes the same α."""
     calls = 900
+    scale = {"falling": _per_window(2.0), "slow": _per_window(1.2)}.get(case, lambda u: 1.0)
     guards, alphas, expected = _drive(0.0 if case == "plain" else 0.9, case == "closure",
-                                      device, calls)
+                                      device, calls, scale)
     assert alphas == pytest.approx(expected, rel=1e-12, abs=0)
     stalls = [t for t, g in enumerate(guards) if g == rule.Safeguard.STALL]
     # call t > 0 is update t; windows end at updates 100, 250, 475, 813 (≥ 812.5)
-    if case == "momentum":
+    if case in ("momentum", "slow"):
         assert stalls == [250, 475, 813]
         for t in stalls:
             assert alphas[t] == pytest.approx(0.8 * alphas[t - 1], rel=1e-12)
@@ -219,6 +240,19 @@ def test_a_stalled_gradient_scale_steps_down_at_the_end_of_growing_windows(case,
     # moves only at the stalls
     assert guards[:2] == [rule.Safeguard.FIRST_STEP, rule.Safeguard.NEWTON]
     assert all(g in (rule.Safeguard.GATED, rule.Safeguard.STALL) for g in guards[2:])
+
+
+@pytest.mark.parametrize("device", [None, torch.device("cpu")], ids=["host", "tensor"])
+def test_the_stall_counts_only_updates_with_a_positive_gradient_scale(device):
+    """Every fifth update has a = −1 (the step went uphill along the fresh batch's
+    gradient): it is left out of the windows, so with a constant a = 1 otherwise the
+    windows of 100, 150, 225 and 337.5 positive updates end at updates 124, 312, 593 and
+    1016 instead of 100, 250, 475 and 813."""
+    guards, alphas, expected = _drive(0.9, False, device, 1100,
+                                      lambda update: -1.0 if update % 5 == 0 else 1.0)
+    assert alphas == pytest.approx(expected, rel=1e-12, abs=0)
+    assert [t for t, g in enumerate(guards) if g == rule.Safeguard.STALL] == [312, 593, 1016]
+    assert alphas[-1] == pytest.approx(alphas[1] * 0.8**3, rel=1e-12)
 
 
 @pytest.mark.parametrize("closure", [False, True], ids=["free", "closure"])
@@ -265,20 +299,30 @@ def test_starts_small_and_doubles_on_a_quadratic():
     assert opt.alphas[0] == 1e-8
 
 
-@pytest.mark.parametrize(("inner", "closure"), [("Adam", False), ("Adam", True),
-                                               ("SGD", False)])
-def test_resume_mid_run_is_bit_exact(inner, closure):
-    """Adam in both modes; closure-free SGD resumed before its first overshoot (H11)."""
-    steps, stop = 150, 70
+@pytest.mark.parametrize(("inner", "closure", "noise"), [
+    ("Adam", False, False), ("Adam", True, False), ("SGD", False, False),
+    ("Adam", False, True)], ids=["Adam-free", "Adam-closure", "SGD-free", "Adam-free-stall"])
+def test_resume_mid_run_is_bit_exact(inner, closure, noise):
+    """Adam in both modes; closure-free SGD resumed before its first overshoot (H11);
+    closure-free Adam on pure noise resumed inside its third stall window (H22), with the
+    windows' state away from its defaults."""
+    steps, stop = (520, 300) if noise else (150, 70)
+    problem = NOISE if noise else PROBLEM
     alpha0 = 1e-2 if inner == "Adam" else 0.3
-    used, model, opt = _core(inner, alpha0, closure=closure, steps=steps)
-    first, model1, opt1 = _core(inner, alpha0, closure=closure, steps=steps, stop=stop)
+    used, model, opt = _core(inner, alpha0, closure=closure, steps=steps, problem=problem)
+    first, model1, opt1 = _core(inner, alpha0, closure=closure, steps=steps, stop=stop,
+                                problem=problem)
+    if noise:  # two windows done: the third (225 updates) is under way, the mean is set
+        saved_rule = opt1._states[0].rule
+        assert float(saved_rule.stall_window) == 225 and 0 < int(saved_rule.stall_count)
+        assert math.isfinite(float(saved_rule.stall_mean))
     buffer = io.BytesIO()
     torch.save({"model": model1.state_dict(), "opt": opt1.state_dict(), "t": stop}, buffer)
     buffer.seek(0)
     saved = torch.load(buffer, weights_only=True)
     assert int(saved["opt"]["newt"]["groups"][0]["rule"]["phase"]) == 2  # the gated state
-    rest, model2, opt2 = _core(inner, alpha0, closure=closure, steps=steps, resume=saved)
+    rest, model2, opt2 = _core(inner, alpha0, closure=closure, steps=steps, resume=saved,
+                               problem=problem)
     assert first + rest == used  # bit-exact step sizes
     assert opt2.alphas == opt.alphas
     # closure-free SGD's event came after `stop`: the resumed run met it

@@ -423,6 +423,8 @@ class Gate(Controller):
     stall_factor: float = 0.8  # … α ← α × stall_factor and the cap ← min(cap, the new α)
     stall_momentum: bool = False  # … only closure-free with β₁ > 0 (H11's event covers β₁ = 0)
     stall_grow: float = 1.0  # H22: each window is this many times longer than the one before
+    grow_max: float = math.inf  # H23: phase-2 growth at most ×grow_max per step
+    lagged: bool = False  # H23: the averaged slope is taken at the averaged step, not at η
 
     def init(self, alpha0: float, closure: bool) -> State:
         a0 = min(alpha0, self.start) if self.start is not None else alpha0
@@ -479,6 +481,8 @@ class Gate(Controller):
                 b, a, c = B / step, A / step, C / step**2
                 for key, v in (("b", b), ("b2", b * b), ("a", a), ("c", c)):
                     _Ema.update(s, key, v, self.beta)
+                if self.lagged:
+                    _Ema.update(s, "e", step, self.beta)
                 s["n"] += 1
                 bb, aa = _Ema.mean(s, "b", self.beta), _Ema.mean(s, "a", self.beta)
                 cc, b2 = _Ema.mean(s, "c", self.beta), _Ema.mean(s, "b2", self.beta)
@@ -489,6 +493,11 @@ class Gate(Controller):
                           and s["af"] > self.brake * _Ema.mean(s, "as", 0.95))
                 tau = self.tau0 * (1 - self.momentum) ** self.power
                 shifted = bb + tau * aa
+                if self.lagged and cc > 0:
+                    # H23: on the quadratic model b(η) = a − c η, the average b̄ is the slope
+                    # at the average step ē; the slope at η is b̄ − c̄ (η − ē), so that the
+                    # Newton target is ē + b̃/c̄ (not η + b̃/c̄, which overshoots a fast climb)
+                    shifted -= cc * (step - _Ema.mean(s, "e", self.beta))
                 f = 1 + shifted / (step * cc) if cc > 0 else self.inc
                 if self.uncompensated:
                     # the target step η·f names α itself (the schedule then scales it):
@@ -512,6 +521,7 @@ class Gate(Controller):
                         ceiling *= self.relax_gated
                         new = min(new, max(ceiling, s["alpha"]))
                     s["ceiling"] = ceiling
+                new = min(new, max(s["alpha"] * self.grow_max, s["alpha"]))
                 if self.creep > 0 and s["n"] > self.creep_after:
                     new = min(new, s["alpha"] * self.creep)  # slow growth once the scale is known
                 limit = self.overshoot / (1 - self.momentum if self.overshoot_scaled else 1)
@@ -596,6 +606,10 @@ momentum (``rec_sg100hm``, H22)."""
 CONTROLLERS: dict[str, Controller] = {
     "rec": REC,
     "rec_h11": REC_H11,
+    "rec_lag": replace(REC, name="rec_lag", lagged=True),
+    "rec_r_gm07": replace(REC, name="rec_r_gm07", rho_rel=True, grow_max=2 ** 0.1),
+    "rec_gm07": replace(REC, name="rec_gm07", grow_max=2 ** 0.1),
+    "rec_gm035": replace(REC, name="rec_gm035", grow_max=2 ** 0.05),
     "rec_a64s_st": replace(REC, name="rec_a64s_st", anchor=64.0, anchor_stop=True),
     "rec_a16": replace(REC_H11, name="rec_a16", anchor=16.0),
     "rec_a4": replace(REC_H11, name="rec_a4", anchor=4.0),
@@ -1038,14 +1052,14 @@ def spread_table(controllers: Sequence[Controller], prob_name: str, evals: int,
 
 
 def trace_table(controller: Controller, prob_name: str, inner: str, closure: bool, evals: int,
-                alpha0: float, seeds: Sequence[int]) -> str:
-    """α and the full-batch training loss at 12 checkpoints, per seed."""
+                alpha0: float, seeds: Sequence[int], checkpoints: int = 12) -> str:
+    """α and the full-batch training loss at ``checkpoints`` evenly spaced steps, per seed."""
     controller = for_inner(controller, inner)
     lines = [f"`{controller.name}` on `{prob_name}`, {inner} "
              f"{'closure' if closure else 'free'}, α₀ = {alpha0}, {evals} evaluations", ""]
     for seed in seeds:
         out = train(prob_name, inner, controller, alpha0, closure=closure, evals=evals,
-                    seed=seed, checkpoints=12)
+                    seed=seed, checkpoints=checkpoints)
         ref = baseline(prob_name, inner, evals, seed)
         ratio = _fmt(out.loss / ref["decade_loss"])
         fine = _fmt(out.loss / ref["best_loss"])
@@ -1150,6 +1164,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--inners", default="Adam,SGD")
     parser.add_argument("--modes", default="free,closure")
     parser.add_argument("--evals", type=int, default=None)
+    parser.add_argument("--checkpoints", type=int, default=12, help="trace: points per run")
     parser.add_argument("--seeds", type=int, default=1, help="seeds 0 … n−1")
     parser.add_argument("--alpha0s", default=None,
                         help="comma-separated α₀ for --experiment spread (default: all four)")
@@ -1184,7 +1199,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         for c in controllers:
             for mode in modes:
                 print(trace_table(c, args.problem, args.inner, mode, args.evals or 1200, 1e-2,
-                                  seeds))
+                                  seeds, args.checkpoints))
     elif args.experiment == "per-alpha0":
         print(per_alpha0_table(controllers, "bar", args.evals or 1200, seeds, inners, modes))
     elif args.experiment == "spread":
