@@ -585,6 +585,29 @@ class Gate(Controller):
         return s, accept, s["alpha"]
 
 
+@dataclass(frozen=True)
+class PlainClosure(Controller):
+    """H24: ``alt`` in closure mode without momentum (β₁ = 0), ``base`` otherwise."""
+
+    name: str = "plain_closure"
+    momentum: float = 0.0
+    base: Controller = field(default_factory=Controller)
+    alt: Controller = field(default_factory=Controller)
+
+    def _pick(self, closure: bool) -> Controller:
+        use = self.alt if closure and self.momentum == 0 else self.base
+        return replace(use, momentum=self.momentum) if hasattr(use, "momentum") else use
+
+    def init(self, alpha0: float, closure: bool) -> State:
+        return {**self._pick(closure).init(alpha0, closure), "closure_mode": closure}
+
+    def before_step(self, state: State, obs: Before) -> tuple[State, float]:
+        return self._pick(state["closure_mode"]).before_step(state, obs)
+
+    def after_step(self, state: State, obs: After) -> tuple[State, bool, float]:
+        return self._pick(state["closure_mode"]).after_step(state, obs)
+
+
 REC_V1 = Gate(name="rec_v1", tau0=0.2, power=1.0, kg=2.0, curvature="fresh", reject=True,
               backoff=1.0)
 """The first candidate (``gate_t2m_g2_fresh_rej``): diverges SGD at 3600 evaluations (H5)."""
@@ -608,6 +631,7 @@ CONTROLLERS: dict[str, Controller] = {
     "rec_h11": REC_H11,
     "rec_lag": replace(REC, name="rec_lag", lagged=True),
     "rec_r_gm07": replace(REC, name="rec_r_gm07", rho_rel=True, grow_max=2 ** 0.1),
+    "rec_win": PlainClosure(name="rec_win", base=REC, alt=Window(name="win_rej", reject=True)),
     "rec_gm07": replace(REC, name="rec_gm07", grow_max=2 ** 0.1),
     "rec_gm035": replace(REC, name="rec_gm035", grow_max=2 ** 0.05),
     "rec_a64s_st": replace(REC, name="rec_a64s_st", anchor=64.0, anchor_stop=True),
