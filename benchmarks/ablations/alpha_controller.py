@@ -425,6 +425,8 @@ class Gate(Controller):
     stall_grow: float = 1.0  # H22: each window is this many times longer than the one before
     grow_max: float = math.inf  # H23: phase-2 growth at most ×grow_max per step
     lagged: bool = False  # H23: the averaged slope is taken at the averaged step, not at η
+    slow: int = 0  # H25: W > 0: below the cap, a window of W updates tests growth on its mean
+    slow_plain: bool = False  # … only closure-free without momentum
 
     def init(self, alpha0: float, closure: bool) -> State:
         a0 = min(alpha0, self.start) if self.start is not None else alpha0
@@ -522,6 +524,22 @@ class Gate(Controller):
                         new = min(new, max(ceiling, s["alpha"]))
                     s["ceiling"] = ceiling
                 new = min(new, max(s["alpha"] * self.grow_max, s["alpha"]))
+                if (self.slow > 0 and math.isfinite(s.get("ceiling", math.inf))
+                        and not (self.slow_plain and (s["closure"] or self.momentum != 0))):
+                    # H25: once a cap is known, growth up to it is safe; a window's mean
+                    # shifted slope has √W times less noise than the EMA's, so a small steady
+                    # "grow" that the EMA gate never passes shows up at the window's end
+                    x = b + tau * a
+                    for key, v in (("xw", x), ("xw2", x * x), ("cw", c), ("xn", 1.0)):
+                        s[key] = s.get(key, 0.0) + v
+                    if s["xn"] >= self.slow:
+                        n, m = s["xn"], s["xw"] / s["xn"]
+                        se = math.sqrt(max(s["xw2"] / n - m * m, 0.0) / n)
+                        cw = s["cw"] / n
+                        if f == 1.0 and m > self.kg * se and cw > 0:
+                            fw = min(1 + m / (step * cw), self.inc)
+                            new = max(new, min(s["alpha"] * fw**self.gamma, s["ceiling"]))
+                        s["xw"] = s["xw2"] = s["cw"] = s["xn"] = 0.0
                 if self.creep > 0 and s["n"] > self.creep_after:
                     new = min(new, s["alpha"] * self.creep)  # slow growth once the scale is known
                 limit = self.overshoot / (1 - self.momentum if self.overshoot_scaled else 1)
@@ -631,6 +649,8 @@ CONTROLLERS: dict[str, Controller] = {
     "rec_h11": REC_H11,
     "rec_lag": replace(REC, name="rec_lag", lagged=True),
     "rec_r_gm07": replace(REC, name="rec_r_gm07", rho_rel=True, grow_max=2 ** 0.1),
+    "rec_slow": replace(REC, name="rec_slow", slow=100),
+    "rec_slowp": replace(REC, name="rec_slowp", slow=100, slow_plain=True),
     "rec_win": PlainClosure(name="rec_win", base=REC, alt=Window(name="win_rej", reject=True)),
     "rec_gm07": replace(REC, name="rec_gm07", grow_max=2 ** 0.1),
     "rec_gm035": replace(REC, name="rec_gm035", grow_max=2 ** 0.05),
