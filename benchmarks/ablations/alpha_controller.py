@@ -527,8 +527,9 @@ class Gate(Controller):
                 if (self.slow > 0 and math.isfinite(s.get("ceiling", math.inf))
                         and not (self.slow_plain and (s["closure"] or self.momentum != 0))):
                     # H25: once a cap is known, growth up to it is safe; a window's mean
-                    # shifted slope has √W times less noise than the EMA's, so a small steady
-                    # "grow" that the EMA gate never passes shows up at the window's end
+                    # shifted slope has √(W/19) times less noise than the EMA's (whose
+                    # effective sample is (1 + β)/(1 − β) = 19), so a small steady "grow"
+                    # that the EMA gate never passes would show up at the window's end
                     x = b + tau * a
                     for key, v in (("xw", x), ("xw2", x * x), ("cw", c), ("xn", 1.0)):
                         s[key] = s.get(key, 0.0) + v
