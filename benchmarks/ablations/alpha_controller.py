@@ -63,6 +63,10 @@ class Before(NamedTuple):
     """Whether the loss and gradient at θ_t are finite."""
     schedule: float
     """The schedule factor s (the inner step uses α·s)."""
+    scale_slope: float | None = None
+    """h = ⟨∇L_t(θ_t), θ_t − θ_0⟩, the slope of L_t(θ_0 + σ(θ_t − θ_0)) at σ = 1: whether
+    scaling the whole run's displacement up (h < 0) or down (h > 0) would lower the loss
+    (H26; Mechanic's signal); None where the gradient is not finite."""
 
 
 class After(NamedTuple):
@@ -427,6 +431,13 @@ class Gate(Controller):
     lagged: bool = False  # H23: the averaged slope is taken at the averaged step, not at η
     slow: int = 0  # H25: W > 0: below the cap, a window of W updates tests growth on its mean
     slow_plain: bool = False  # … only closure-free without momentum
+    horizon: float = 0.0  # H26: k > 0: α ← horizon_factor·α (and the cap) when the EMA of
+    horizon_beta: float = 0.98  # … h = ⟨g_t, θ_t − θ_0⟩ (β) is k s.d. of its mean above 0,
+    horizon_min: float = 20.0  # … tested once it holds this many phase-2 steps (then restarted)
+    horizon_factor: float = 0.8
+    horizon_grow: bool = False  # … and no phase-2 growth while that EMA of h is above 0
+    horizon_up: float = 0.0  # H26: k > 0: where the rule does not shrink, α ≥ α·horizon_rate
+    horizon_rate: float = 1.02  # … (the cap follows) while the EMA of h is k s.d. below 0
 
     def init(self, alpha0: float, closure: bool) -> State:
         a0 = min(alpha0, self.start) if self.start is not None else alpha0
@@ -577,6 +588,36 @@ class Gate(Controller):
                         # stall_grow^p per window at every t, so the test asks p ≥ log(1/drop)
                         # / log(grow) instead of a fall per fixed window that shrinks as t grows
                         s["sW"] = s.get("sW", self.stall) * self.stall_grow
+                h = obs.scale_slope
+                if self.horizon_grow and h is not None and math.isfinite(h):
+                    _Ema.update(s, "gm", h, self.horizon_beta)
+                    s["gn"] = s.get("gn", 0.0) + 1
+                    if _Ema.mean(s, "gm", self.horizon_beta, "gn") > 0:
+                        new = min(new, s["alpha"])  # the run already overshoots its scale
+                if ((self.horizon > 0 or self.horizon_up > 0) and h is not None
+                        and math.isfinite(h)):
+                    # H26: h > 0 on average means the run's displacement from θ_0 is longer
+                    # than the loss wants: the iterate oscillates around the valley at this α
+                    # more than it progresses along it (the comparator of the best constant
+                    # scale in hindsight, as Mechanic's); step down and cap growth there.
+                    # Growth (`horizon_up`): h < 0 means a longer displacement would still
+                    # help: grow past the one-step target while the gate holds
+                    hb = self.horizon_beta
+                    _Ema.update(s, "hm", h, hb)
+                    _Ema.update(s, "hq", h * h, hb)
+                    s["hn"] = s.get("hn", 0.0) + 1
+                    if s["hn"] >= self.horizon_min:
+                        hm, hq = _Ema.mean(s, "hm", hb, "hn"), _Ema.mean(s, "hq", hb, "hn")
+                        hsd = math.sqrt(max(hq - hm * hm, 0.0) * (1 - hb) / (1 + hb))
+                        if self.horizon > 0 and hm > self.horizon * hsd:
+                            new = min(new, self.horizon_factor * s["alpha"])
+                            s["ceiling"] = min(s.get("ceiling", math.inf), new)
+                            s["hm"] = s["hq"] = s["hn"] = 0.0
+                        elif (self.horizon_up > 0 and hm < -self.horizon_up * hsd
+                              and new >= s["alpha"]):
+                            new = min(max(new, s["alpha"] * self.horizon_rate), self.lr_max)
+                            if "ceiling" in s:
+                                s["ceiling"] = max(s["ceiling"], new)
                 if self.floor > 0:
                     # the brake may undo at most a factor 1/floor of the largest α reached
                     s["peak"] = max(s.get("peak", 0.0), s["alpha"])
@@ -654,6 +695,15 @@ CONTROLLERS: dict[str, Controller] = {
     "rec_slowp": replace(REC, name="rec_slowp", slow=100, slow_plain=True),
     "rec_win": PlainClosure(name="rec_win", base=REC, alt=Window(name="win_rej", reject=True)),
     "rec_gm07": replace(REC, name="rec_gm07", grow_max=2 ** 0.1),
+    "rec_hz2": replace(REC, name="rec_hz2", horizon=2.0),
+    "rec_hz3": replace(REC, name="rec_hz3", horizon=3.0),
+    "rec_hg": replace(REC, name="rec_hg", horizon_grow=True),
+    "rec_hu": replace(REC, name="rec_hu", horizon_up=2.0),
+    "rec_hud": replace(REC, name="rec_hud", horizon_up=2.0, horizon=2.0),
+    "rec_hz2f": replace(REC, name="rec_hz2f", horizon=2.0, horizon_beta=0.9, horizon_min=10),
+    "rec_hz2h": replace(REC, name="rec_hz2h", horizon=2.0, horizon_beta=0.9, horizon_min=10,
+                        horizon_factor=0.5),
+    "rec_hg9": replace(REC, name="rec_hg9", horizon_grow=True, horizon_beta=0.9),
     "rec_gm035": replace(REC, name="rec_gm035", grow_max=2 ** 0.05),
     "rec_a64s_st": replace(REC, name="rec_a64s_st", anchor=64.0, anchor_stop=True),
     "rec_a16": replace(REC_H11, name="rec_a16", anchor=16.0),
@@ -818,11 +868,12 @@ def _evaluate(model: torch.nn.Module, prob: Problem, batch: Any) -> float:
 
 def train(prob_name: str, inner: str, controller: Controller, alpha0: float, *, closure: bool,
           evals: int, seed: int = 0, schedule: Callable[[float], float] | None = None,
-          diagnose: bool = False, checkpoints: int = 0) -> RunOut:
+          diagnose: bool = False, checkpoints: int = 0, origin_every: int = 0) -> RunOut:
     """One run; returns the final full-batch training loss and the α trace.
 
-    ``diagnose`` (closure-free fixed-lr runs only) also evaluates the same batch at
-    θ_{t+1} (not counted, the trajectory is unchanged) to record the ratios
+    ``origin_every`` > 0 moves θ_0 of the scale slope h to θ_t every that many steps
+    (H26's local reference). ``diagnose`` (closure-free fixed-lr runs only) also evaluates
+    the same batch at θ_{t+1} (not counted, the trajectory is unchanged) to record the ratios
     Σ B_fresh / Σ A and Σ B_s / Σ A over the second half of the run.
     """
     prob = problem(prob_name)
@@ -831,6 +882,7 @@ def train(prob_name: str, inner: str, controller: Controller, alpha0: float, *, 
     opt = INNER[inner](params, lr=alpha0)
     batches = prob.batches(seed)
     snaps = [p.detach().clone() for p in params]
+    origin = [p.detach().clone() for p in params]  # θ_0, for H26's scale slope
     state = controller.init(alpha0, closure)
     steps = evals // 2 if closure else evals
     pending = False
@@ -843,11 +895,17 @@ def train(prob_name: str, inner: str, controller: Controller, alpha0: float, *, 
         if checkpoints and t % max(steps // checkpoints, 1) == 0:
             curve.append((t, state.get("alpha", math.nan), prob.train_loss(model)))
         batch = next(batches)
+        if origin_every and t % origin_every == 0:
+            with torch.no_grad():
+                for o, p in zip(origin, params, strict=True):
+                    o.copy_(p)
         loss = _evaluate(model, prob, batch)
         grads = [p.grad for p in params]
         finite = math.isfinite(loss) and all(bool(torch.isfinite(g).all()) for g in grads)
         with torch.no_grad():
             slope = None
+            h = (_dot(grads, [p - o for p, o in zip(params, origin, strict=True)])
+                 if finite else None)
             if pending and finite:
                 slope = _dot(grads, [s - p for s, p in zip(snaps, params, strict=True)])
                 if diagnose and t >= steps // 2:
@@ -855,7 +913,7 @@ def train(prob_name: str, inner: str, controller: Controller, alpha0: float, *, 
                     sums["A"] += last_A
                     sums["n"] += 1
             s = schedule(t / steps) if schedule else 1.0
-            state, alpha = controller.before_step(state, Before(slope, finite, s))
+            state, alpha = controller.before_step(state, Before(slope, finite, s, h))
             alphas.append(alpha)
             if not finite:
                 if pending:
@@ -1178,6 +1236,57 @@ def sweep_table(prob_name: str, inner: str, evals: int, seed: int) -> str:
     return "\n".join(lines)
 
 
+@dataclass(frozen=True)
+class _ScaleLog(Controller):
+    """Wraps a controller and records the scale slope h of every step (H26)."""
+
+    name: str = "scale_log"
+    inner_controller: Controller = field(default_factory=Fixed)
+    log: list = field(default_factory=list)
+
+    def init(self, alpha0: float, closure: bool) -> State:
+        return self.inner_controller.init(alpha0, closure)
+
+    def before_step(self, state: State, obs: Before) -> tuple[State, float]:
+        state, alpha = self.inner_controller.before_step(state, obs)
+        self.log.append((obs.scale_slope, alpha))
+        return state, alpha
+
+    def after_step(self, state: State, obs: After) -> tuple[State, bool, float]:
+        return self.inner_controller.after_step(state, obs)
+
+
+def scale_table(prob_name: str, inner: str, evals: int, lrs: Sequence[float],
+                controllers: Sequence[Controller], windows: int = 8, seed: int = 0,
+                origin_every: int = 0) -> str:
+    """H26: the t-statistic of the mean scale slope h = ⟨g_t, θ_t − θ_0⟩ per window of the
+    run (closure-free), at fixed lrs and along the controllers' runs from α₀ = 1e-6;
+    ``origin_every`` > 0: θ_0 moves to θ_t every that many steps."""
+    runs = [(f"lr {lr:.3g}", Fixed(), lr) for lr in lrs]
+    runs += [(c.name, for_inner(c, inner), 1e-6) for c in controllers]
+    w = evals // windows
+    lines = [f"`{prob_name}` {inner}, {evals} evaluations closure-free, seed {seed}: t = mean h "
+             f"/ its s.e. over windows of {w} steps (α at each window's end for controllers)",
+             "", "| run | final | " + " | ".join(f"{k * w}–{(k + 1) * w}" for k in range(windows))
+             + " |", "|---|---|" + "---|" * windows]
+    for label, ctl, a0 in runs:
+        logged = _ScaleLog(inner_controller=ctl, log=[])
+        out = train(prob_name, inner, logged, a0, closure=False, evals=evals, seed=seed,
+                    origin_every=origin_every)
+        cells = []
+        for k in range(windows):
+            part = logged.log[k * w:(k + 1) * w]
+            hs = [h for i, (h, _) in enumerate(part, k * w)
+                  if h is not None and not (origin_every and i % origin_every == 0)]
+            m = sum(hs) / len(hs)
+            se = math.sqrt(sum((h - m) ** 2 for h in hs) / (len(hs) - 1) / len(hs))
+            cells.append(f"{m / se:+.1f}" if se > 0 else "–")
+            if not isinstance(ctl, Fixed):
+                cells[-1] += f" ({part[-1][1]:.2g})"
+        lines.append(f"| {label} | {out.loss:.4g} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 # ---------------------------------------------------------------- command line
 
 EXPERIMENTS: dict[str, str] = {
@@ -1192,6 +1301,7 @@ EXPERIMENTS: dict[str, str] = {
     "trace": "α and loss along runs of --controllers on --problem/--inner/--modes, α₀ 1e-2",
     "per-alpha0": "the bar's ratio for every α₀ and seed (--controllers, --inners, --modes)",
     "spread": "quantiles of the ratio over many seeds and α₀ (--problem, --alpha0s, --seeds)",
+    "scale": "H26: the scale slope ⟨g, θ − θ_0⟩ per window at --lrs and along --controllers",
 }
 
 
@@ -1213,6 +1323,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--seeds", type=int, default=1, help="seeds 0 … n−1")
     parser.add_argument("--alpha0s", default=None,
                         help="comma-separated α₀ for --experiment spread (default: all four)")
+    parser.add_argument("--lrs", default="0.01,0.0316,0.0562,0.1",
+                        help="comma-separated fixed lrs for --experiment scale")
+    parser.add_argument("--origin-every", type=int, default=0,
+                        help="scale: move θ_0 to θ_t every this many steps (0: the start)")
     args = parser.parse_args(argv)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     torch.set_num_threads(1)
@@ -1247,6 +1361,10 @@ def main(argv: Sequence[str] | None = None) -> None:
                                   seeds, args.checkpoints))
     elif args.experiment == "per-alpha0":
         print(per_alpha0_table(controllers, "bar", args.evals or 1200, seeds, inners, modes))
+    elif args.experiment == "scale":
+        print(scale_table(args.problem, args.inner, args.evals or 1200,
+                          [float(x) for x in args.lrs.split(",")], controllers,
+                          origin_every=args.origin_every))
     elif args.experiment == "spread":
         alpha0s = (tuple(float(a) for a in args.alpha0s.split(",")) if args.alpha0s
                    else ALPHA0S)
