@@ -91,6 +91,11 @@ class Controller:
 
     name: str = "base"
 
+    @property
+    def uses_scale_slope(self) -> bool:
+        """Whether ``before_step`` reads ``Before.scale_slope`` (the loop computes it only then)."""
+        return False
+
     def init(self, alpha0: float, closure: bool) -> State:
         raise NotImplementedError
 
@@ -222,6 +227,10 @@ class Asym(Controller):
     lr_min: float = 1e-10
     lr_max: float = 10.0
 
+    @property
+    def uses_scale_slope(self) -> bool:
+        return self.horizon > 0 or self.horizon_up > 0 or self.horizon_grow
+
     def init(self, alpha0: float, closure: bool) -> State:
         a0 = min(alpha0, self.start) if self.start is not None else alpha0
         return {"alpha": a0, "closure": float(closure), "A": math.nan, "Cs": math.nan,
@@ -310,6 +319,10 @@ class Window(Controller):
     cpow: float = 1.0  # the momentum correction (1 − β₁)^cpow
     lr_min: float = 1e-10
     lr_max: float = 100.0
+
+    @property
+    def uses_scale_slope(self) -> bool:
+        return self.horizon > 0 or self.horizon_up > 0 or self.horizon_grow
 
     def init(self, alpha0: float, closure: bool) -> State:
         a0 = min(alpha0, self.start) if self.start is not None else alpha0
@@ -438,6 +451,10 @@ class Gate(Controller):
     horizon_grow: bool = False  # … and no phase-2 growth while that EMA of h is above 0
     horizon_up: float = 0.0  # H26: k > 0: where the rule does not shrink, α ≥ α·horizon_rate
     horizon_rate: float = 1.02  # … (the cap follows) while the EMA of h is k s.d. below 0
+
+    @property
+    def uses_scale_slope(self) -> bool:
+        return self.horizon > 0 or self.horizon_up > 0 or self.horizon_grow
 
     def init(self, alpha0: float, closure: bool) -> State:
         a0 = min(alpha0, self.start) if self.start is not None else alpha0
@@ -589,13 +606,7 @@ class Gate(Controller):
                         # / log(grow) instead of a fall per fixed window that shrinks as t grows
                         s["sW"] = s.get("sW", self.stall) * self.stall_grow
                 h = obs.scale_slope
-                if self.horizon_grow and h is not None and math.isfinite(h):
-                    _Ema.update(s, "gm", h, self.horizon_beta)
-                    s["gn"] = s.get("gn", 0.0) + 1
-                    if _Ema.mean(s, "gm", self.horizon_beta, "gn") > 0:
-                        new = min(new, s["alpha"])  # the run already overshoots its scale
-                if ((self.horizon > 0 or self.horizon_up > 0) and h is not None
-                        and math.isfinite(h)):
+                if self.uses_scale_slope and h is not None and math.isfinite(h):
                     # H26: h > 0 on average means the run's displacement from θ_0 is longer
                     # than the loss wants: the iterate oscillates around the valley at this α
                     # more than it progresses along it (the comparator of the best constant
@@ -606,6 +617,8 @@ class Gate(Controller):
                     _Ema.update(s, "hm", h, hb)
                     _Ema.update(s, "hq", h * h, hb)
                     s["hn"] = s.get("hn", 0.0) + 1
+                    if self.horizon_grow and _Ema.mean(s, "hm", hb, "hn") > 0:
+                        new = min(new, s["alpha"])  # the run already overshoots its scale
                     if s["hn"] >= self.horizon_min:
                         hm, hq = _Ema.mean(s, "hm", hb, "hn"), _Ema.mean(s, "hq", hb, "hn")
                         hsd = math.sqrt(max(hq - hm * hm, 0.0) * (1 - hb) / (1 + hb))
@@ -905,7 +918,7 @@ def train(prob_name: str, inner: str, controller: Controller, alpha0: float, *, 
         with torch.no_grad():
             slope = None
             h = (_dot(grads, [p - o for p, o in zip(params, origin, strict=True)])
-                 if finite else None)
+                 if finite and controller.uses_scale_slope else None)
             if pending and finite:
                 slope = _dot(grads, [s - p for s, p in zip(snaps, params, strict=True)])
                 if diagnose and t >= steps // 2:
@@ -1243,6 +1256,10 @@ class _ScaleLog(Controller):
     name: str = "scale_log"
     inner_controller: Controller = field(default_factory=Fixed)
     log: list = field(default_factory=list)
+
+    @property
+    def uses_scale_slope(self) -> bool:
+        return True
 
     def init(self, alpha0: float, closure: bool) -> State:
         return self.inner_controller.init(alpha0, closure)
