@@ -681,6 +681,57 @@ class PlainClosure(Controller):
         return self._pick(state["closure_mode"]).after_step(state, obs)
 
 
+@dataclass(frozen=True)
+class Handover(Controller):
+    r"""H27: the default rule from the user's α₀ first, then ``then`` (phase 2) at its scale.
+
+    For the first ``steps`` updates, ``first`` (the Newton rule, which reaches the scale
+    within a few dozen steps from any α₀) sets α; the next update starts ``then``'s phase 2
+    at ``frac`` × the geometric mean of the α of updates ``steps``/2 … ``steps`` (the Newton
+    rule's α is noisy step to step), with the pending displacement's A and η carried over,
+    so that the averaged rule forms its estimates at the scale instead of climbing to it.
+    """
+
+    name: str = "handover"
+    first: Controller = field(default_factory=lambda: Today())
+    then: Controller = field(default_factory=Controller)
+    steps: int = 100
+    frac: float = 0.5
+    momentum: float = 0.0
+
+    def _then(self) -> Controller:
+        return (replace(self.then, momentum=self.momentum)
+                if hasattr(self.then, "momentum") else self.then)
+
+    def init(self, alpha0: float, closure: bool) -> State:
+        return {**self.first.init(alpha0, closure), "ho": 0.0, "ho_n": 0.0, "ho_log": 0.0,
+                "ho_k": 0.0}
+
+    def before_step(self, state: State, obs: Before) -> tuple[State, float]:
+        if state["ho"]:
+            return self._then().before_step(state, obs)
+        if state["ho_n"] >= self.steps and obs.slope is not None and obs.finite:
+            alpha = self.frac * math.exp(state["ho_log"] / max(state["ho_k"], 1.0))
+            t = self._then().init(alpha, bool(state["closure"]))
+            A, C = state["A"], state.get("C", math.nan)
+            t.update(alpha=alpha, phase=2.0, A=A, step=state["step"], ho=1.0, Cs=C,
+                     rs=(A - C) / A if A else math.nan)
+            return self._then().before_step(t, obs)
+        s, alpha = self.first.before_step(state, obs)
+        s = dict(s)
+        if obs.slope is not None and obs.finite:
+            s["ho_n"] += 1
+            if s["ho_n"] > self.steps / 2:
+                s["ho_log"] += math.log(s["alpha"])
+                s["ho_k"] += 1
+        return s, alpha
+
+    def after_step(self, state: State, obs: After) -> tuple[State, bool, float]:
+        if state["ho"]:
+            return self._then().after_step(state, obs)
+        return self.first.after_step(state, obs)
+
+
 REC_V1 = Gate(name="rec_v1", tau0=0.2, power=1.0, kg=2.0, curvature="fresh", reject=True,
               backoff=1.0)
 """The first candidate (``gate_t2m_g2_fresh_rej``): diverges SGD at 3600 evaluations (H5)."""
@@ -743,6 +794,9 @@ CONTROLLERS: dict[str, Controller] = {
     "rec_ofmp": replace(REC_H11, name="rec_ofmp", overshoot_plain=False, overshoot_free=True,
                         overshoot_scaled=True, overshoot_power=True),
     "rec_v1": REC_V1,
+    "ho100": Handover(name="ho100", then=REC),
+    "ho100f1": Handover(name="ho100f1", then=REC, frac=1.0),
+    "ho50": Handover(name="ho50", then=REC, steps=50),
     "rec_p8": replace(REC_H6, name="rec_p8", prime=8.0),
     "rec_o1": replace(REC_H6, name="rec_o1", overshoot=-1.0),
     "rec_o1l": replace(REC_H6, name="rec_o1l", overshoot=-1.0, overshoot_shrink=0.0),
