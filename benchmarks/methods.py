@@ -143,6 +143,15 @@ class Method:
         return 2 if self.mode == "closure" else 1
 
     @property
+    def start_invariant(self) -> bool:
+        """Whether the run is the same at every swept lr ≥ ``newt.rule.GATED_START``: the
+        gated controller starts at min(lr, ``GATED_START``) and sets the inner lr itself from
+        then on, so the benchmark runs it once per seed (``tests/test_benchmarks.py`` checks
+        that two lrs give the same run, with and without the cosine schedule)."""
+        return (self.kind == "newt" and self.swept == "lr"
+                and dict(self.options).get("controller") == "gated")
+
+    @property
     def deterministic_only(self) -> bool:
         return self.mode in ("reuse", "lbfgs")
 

@@ -55,6 +55,7 @@ from benchmarks.cost import measure_cost
 from benchmarks.harness import Budget, Run, run_one
 from benchmarks.methods import INNER, MODES, Method, catalog, missing_peers
 from newt.problems import PROBLEMS, get_problem
+from newt.rule import GATED_START
 
 GRID = tuple(10.0**k for k in range(-6, 1))  # 1e-6 … 1, one per decade
 TRACE_XS = (1e-4, 1e-2, 1.0)  # initial lrs shown in the α-trace figure
@@ -206,6 +207,20 @@ def _tasks(problems: dict[str, int], methods: list[Method], seeds: int | dict[st
                   * (2 if t[1].mode == "closure" else 1))
 
 
+def _shared(task: Task) -> Task:
+    """The task whose run stands for ``task``: the runs of a start-invariant method
+    (:attr:`Method.start_invariant`) at every lr ≥ ``GATED_START`` are one run, at the
+    grid's smallest such lr."""
+    label, method, x, seed, budget = task
+    if method.start_invariant and x >= GATED_START:
+        return label, method, min(g for g in GRID if g >= GATED_START), seed, budget
+    return task
+
+
+def _key_of(task: Task) -> str:
+    return _task_key(task[0], task[1].key(), task[2], task[3], vars(task[4]))
+
+
 def _init_worker() -> None:
     torch.set_num_threads(1)
     warnings.simplefilter("ignore")
@@ -229,7 +244,7 @@ def _run_tasks(tasks: list[Task], workers: int) -> list[dict[str, Any]]:
         _init_worker()
         return [_work(t) for t in tqdm(tasks, desc="runs", unit="run", mininterval=2)]
     with multiprocessing.get_context("fork").Pool(workers, initializer=_init_worker) as pool:
-        return list(tqdm(pool.imap_unordered(_work, tasks), total=len(tasks), desc="runs",
+        return list(tqdm(pool.imap(_work, tasks), total=len(tasks), desc="runs",
                          unit="run", mininterval=2))
 
 
@@ -447,19 +462,20 @@ def estimate(budgets: dict[str, int], methods: list[Method], seeds: int | dict[s
         start = time.perf_counter()
         (run.train_lbfgs if method.mode == "lbfgs" else run.train)(short)
         train = (time.perf_counter() - start) * budget.evals / short.evals
-        per_row[label] = per_row.get(label, 0.0) + (setup + train) * len(group)
-        per_method.append({"row": label, "method": method.name, "runs": len(group),
+        distinct = len({_key_of(_shared(t)) for t in group})
+        per_row[label] = per_row.get(label, 0.0) + (setup + train) * distinct
+        per_method.append({"row": label, "method": method.name, "runs": distinct,
                            "seconds_per_run": setup + train})
     for label, seconds in per_row.items():
-        runs = sum(t[0] == label for t in tasks)
+        runs = sum(m["runs"] for m in per_method if m["row"] == label)
         print(f"{label:26s} {runs:6d} runs  {seconds / 60 / workers:7.1f} min", file=sys.stderr)
     total = sum(per_row.values()) / 60 / workers
     out = ROOT / "benchmarks" / "results" / f"estimate-{len(tasks)}-runs.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"workers": workers, "total_minutes": total, "rows": per_method,
                                "load_average": os.getloadavg()}, indent=1))
-    print(f"{'total':26s} {len(tasks):6d} runs  {total:7.1f} min with {workers} worker(s)",
-          file=sys.stderr)
+    print(f"{'total':26s} {sum(m['runs'] for m in per_method):6d} runs  {total:7.1f} min with "
+          f"{workers} worker(s)", file=sys.stderr)
     return total
 
 
@@ -470,11 +486,33 @@ def _collect_runs(tasks: list[Task], reuse: Path | None, workers: int) -> list[d
         for run in json.loads(reuse.read_text())["runs"]:
             cached[_task_key(run["problem"], run["method_key"], run["x"], run["seed"],
                              run["budget"])] = run
-    keys = [_task_key(t[0], t[1].key(), t[2], t[3], vars(t[4])) for t in tasks]
+    keys = [_key_of(t) for t in tasks]
     runs = [cached[k] for k in keys if k in cached]
     todo = [t for t, k in zip(tasks, keys, strict=True) if k not in cached]
-    print(f"{len(tasks)} runs, {len(runs)} reused, {workers} worker(s)", file=sys.stderr)
-    return runs + _run_tasks(todo, workers)
+    unique = {_key_of(_shared(t)): _shared(t) for t in todo}
+    print(f"{len(tasks)} runs, {len(runs)} reused, {len(todo) - len(unique)} shared "
+          f"(start-invariant), {workers} worker(s)", file=sys.stderr)
+    done = dict(zip(unique, _run_tasks(list(unique.values()), workers), strict=True))
+    for task in todo:
+        run = done[_key_of(_shared(task))]
+        runs.append(run if run["x"] == task[2] else _as_run_at(run, task[2]))
+    return runs
+
+
+def _as_run_at(run: dict[str, Any], x: float) -> dict[str, Any]:
+    """A start-invariant method's ``run`` as its run at lr ``x``: only the lr the optimizer
+    was built with (the initial record, step 0 of the traces) differs; ``shared_x`` names
+    the lr it ran at."""
+    out = {**run, "x": x, "shared_x": run["x"]}
+    steps = run.get("lr_steps")
+    if steps and steps[0][0] == 0:
+        out["lr_steps"] = [(0, x), *steps[1:]]
+    if isinstance(run.get("initial"), dict) and "lr" in run["initial"]:
+        out["initial"] = {**run["initial"], "lr": x}
+    trace = run.get("trace")
+    if trace and trace.get("evals", [None])[0] == 0 and trace.get("lr"):
+        out["trace"] = {**trace, "lr": [x, *trace["lr"][1:]]}
+    return out
 
 
 def _kind_of(methods: list[Method], name: str) -> str | None:

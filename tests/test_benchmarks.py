@@ -117,6 +117,59 @@ def test_cosine_rows_follow_the_schedule_over_their_steps(name):
     assert result.lr_steps[-1] == (horizon, 0.0)
 
 
+@pytest.mark.parametrize("schedule", ["", "cosine"])
+@pytest.mark.parametrize("mode", ["free", "closure"])
+def test_gated_runs_do_not_depend_on_the_swept_lr(schedule, mode):
+    """The benchmark runs a start-invariant method once per seed (``benchmarks.run._shared``),
+    so its run must be the same at every lr of the grid: the same final loss and α trace
+    bit for bit, with and without the cosine schedule."""
+    import benchmarks.run as bench
+
+    gated = [m for m in catalog(variants={"gated": {"controller": "gated"}}, inners=["Adam"],
+                                modes=[mode], presets=["default"], schedules=[schedule])
+             if m.variant == "gated"]
+    assert len(gated) == 1 and gated[0].start_invariant
+    budget = Budget(24)
+    runs = [run_one("quadratic_deep", gated[0], x, seed=1, budget=budget) for x in (1e-6, 1.0)]
+    assert runs[0].at_evals == runs[1].at_evals
+    # only the lr the optimizer was built with (step 0 of the traces) differs, and
+    # benchmarks.run._as_run_at rewrites exactly that
+    assert [r.lr_steps[0] for r in runs] == [(0, 1e-6), (0, 1.0)]
+    assert [r.trace["lr"][0] for r in runs] == [1e-6, 1.0]
+    assert bench._as_run_at(runs[0].to_dict(), 1.0) == {**runs[1].to_dict(), "shared_x": 1e-6,
+                                                        "seconds": runs[0].seconds}
+    plain = next(m for m in catalog(inners=["Adam"], modes=[mode], presets=["default"],
+                                    schedules=[schedule]) if m.kind == "newt")
+    assert not plain.start_invariant  # the default rule starts at the user's lr
+
+
+def test_the_collector_runs_a_start_invariant_method_once_per_seed(monkeypatch):
+    import benchmarks.run as bench
+
+    gated = next(m for m in catalog(variants={"gated": {"controller": "gated"}}, inners=["SGD"],
+                                    modes=["free"], presets=["default"], schedules=[""])
+                 if m.variant == "gated")
+    fixed = next(m for m in catalog(inners=["SGD"], schedules=[""]) if m.kind == "fixed")
+    ran: list[tuple[str, float]] = []
+
+    def fake(tasks, workers):
+        ran.extend((t[1].name, t[2]) for t in tasks)
+        return [{"problem": t[0], "method": t[1].name, "x": t[2], "seed": t[3],
+                 "final": t[2] + t[3], "lr_steps": [(0, t[2]), (1, 1e-6)]} for t in tasks]
+
+    monkeypatch.setattr(bench, "_run_tasks", fake)
+    tasks = bench._tasks({"quadratic_deep": 10}, [fixed, gated], seeds=2, equal_steps=False)
+    runs = bench._collect_runs(tasks, None, workers=1)
+    assert sorted(x for name, x in ran if name == gated.name) == [1e-6, 1e-6]  # once per seed
+    assert len([x for name, x in ran if name == fixed.name]) == 2 * len(bench.GRID)
+    shared = [r for r in runs if r["method"] == gated.name]
+    assert sorted((r["seed"], r["x"]) for r in shared) == sorted(
+        (seed, x) for seed in (0, 1) for x in bench.GRID)
+    assert all(r["final"] == 1e-6 + r["seed"] for r in shared)  # the seed's one run
+    assert all(r.get("shared_x", r["x"]) == 1e-6 for r in shared)
+    assert all(r["lr_steps"] == [(0, r["x"]), (1, 1e-6)] for r in shared)
+
+
 # ---------------------------------------------------------------- peers
 def test_catalog_rows_and_baselines():
     methods = {m.name: m for m in catalog()}
