@@ -219,8 +219,12 @@ def write_markdown(path: Path, meta: dict[str, Any], summaries: list[Summary],
     """Write the results page (``docs/benchmarks.md``)."""
     problems = list(problem_info)
     rel = {key: os.path.relpath(p, path.parent) for key, p in images.items()}
-    protocol = os.path.relpath(Path(__file__).parent.parent / "docs" / "benchmark-protocol.md",
-                               path.parent)
+    repo = Path(__file__).resolve().parent.parent
+    protocol_file = repo / "docs" / "benchmark-protocol.md"
+    # a page inside the repository links relatively (the published docs); one outside it
+    # (``--out`` elsewhere) links to this checkout's file
+    protocol = (os.path.relpath(protocol_file, path.parent)
+                if path.resolve().is_relative_to(repo) else protocol_file.as_uri())
     heatmap = plot_heatmap(summaries, meta["methods"], problems, path.parent / "img"
                            / "bench_summary.png")
     out = [

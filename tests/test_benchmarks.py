@@ -6,6 +6,7 @@ from __future__ import annotations
 import itertools
 import math
 import pickle
+from pathlib import Path
 
 import pytest
 import torch
@@ -312,5 +313,7 @@ def test_a_tiny_selection_writes_its_page_and_plots(tmp_path, monkeypatch):
     page = (tmp_path / "out" / "report-quick.md").read_text()
     assert "## quadratic_deep-long" in page and "## booth" in page
     assert "| SGD+cos | SGD+cos |" in page and "| DoG+avg | SGD |" in page
+    protocol = (Path(bench.__file__).resolve().parent.parent / "docs" / "benchmark-protocol.md")
+    assert f"[the benchmark protocol]({protocol.as_uri()})" in page  # the page is outside
     assert (tmp_path / "out" / "img" / "bench_quadratic_deep-long.png").exists()
     assert list((tmp_path / "benchmarks" / "results").glob("quick-selection-*.json"))
