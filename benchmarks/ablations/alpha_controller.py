@@ -451,6 +451,7 @@ class Gate(Controller):
     horizon_grow: bool = False  # … and no phase-2 growth while that EMA of h is above 0
     horizon_up: float = 0.0  # H26: k > 0: where the rule does not shrink, α ≥ α·horizon_rate
     horizon_rate: float = 1.02  # … (the cap follows) while the EMA of h is k s.d. below 0
+    tau_plain: float = -1.0  # H28: ≥ 0: τ without momentum (β₁ = 0) instead of τ₀
 
     @property
     def uses_scale_slope(self) -> bool:
@@ -522,6 +523,8 @@ class Gate(Controller):
                 blowup = (self.brake > 0 and s["n"] > 4
                           and s["af"] > self.brake * _Ema.mean(s, "as", 0.95))
                 tau = self.tau0 * (1 - self.momentum) ** self.power
+                if self.tau_plain >= 0 and self.momentum == 0:
+                    tau = self.tau_plain  # H28: aim further past the minimum without momentum
                 shifted = bb + tau * aa
                 if self.lagged and cc > 0:
                     # H23: on the quadratic model b(η) = a − c η, the average b̄ is the slope
@@ -794,6 +797,8 @@ CONTROLLERS: dict[str, Controller] = {
     "rec_ofmp": replace(REC_H11, name="rec_ofmp", overshoot_plain=False, overshoot_free=True,
                         overshoot_scaled=True, overshoot_power=True),
     "rec_v1": REC_V1,
+    "rec_tp4": replace(REC, name="rec_tp4", tau_plain=0.4),
+    "rec_tp6": replace(REC, name="rec_tp6", tau_plain=0.6),
     "ho100": Handover(name="ho100", then=REC),
     "ho100f1": Handover(name="ho100f1", then=REC, frac=1.0),
     "ho50": Handover(name="ho50", then=REC, steps=50),
