@@ -800,7 +800,6 @@ CONTROLLERS: dict[str, Controller] = {
     "rec_tp4": replace(REC, name="rec_tp4", tau_plain=0.4),
     "rec_tp6": replace(REC, name="rec_tp6", tau_plain=0.6),
     "ho100": Handover(name="ho100", then=REC),
-    "ho100f1": Handover(name="ho100f1", then=REC, frac=1.0),
     "ho50": Handover(name="ho50", then=REC, steps=50),
     "rec_p8": replace(REC_H6, name="rec_p8", prime=8.0),
     "rec_o1": replace(REC_H6, name="rec_o1", overshoot=-1.0),
