@@ -85,7 +85,7 @@ class NewtStats:
 def _momentum(group: dict[str, Any]) -> float:
     """β₁ of the inner optimizer's group (``betas[0]``, else ``momentum``, else 0): the one
     inner key newt reads, for the gated controller only (``controller="gated"`` or
-    ``"auto"``; its slope shift is τ₀(1 − β₁))."""
+    ``"auto"``; its slope shift is τ₀(1 − β₁), or 0.4 after a closure step with β₁ = 0))."""
     betas = group.get("betas")
     if isinstance(betas, (tuple, list)) and betas:
         return float(betas[0])
@@ -232,9 +232,10 @@ class NewtOptimizer(Optimizer):
             (opt-in: the significance-gated controller of `docs/design/alpha.md`,
             section 4: α starts at min(lr, 1e-6), doubles while the fresh slope stays
             above half the step's own, then follows an averaged Newton factor on a
-            slope shifted by 0.2(1 − β₁), changed only when significant; it reads the
-            inner group's `betas[0]` or `momentum` as β₁). The Newton rule's other
-            options do not apply to it, except `reject`. Or `"auto"` (opt-in): per
+            slope shifted by 0.2(1 − β₁) (0.4 after a closure step with β₁ = 0 and
+            `reject`), changed only when significant; it reads the inner group's
+            `betas[0]` or `momentum` as β₁). The Newton rule's other options do not
+            apply to it, except `reject`. Or `"auto"` (opt-in): per
             group, the gated controller, which hands over to the Newton rule (and all
             its options) at the user's lr when three fresh measurements at its tiny
             start give |1 − B/A| < 1e-3, a gradient without measurable batch noise

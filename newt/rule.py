@@ -579,6 +579,9 @@ GATED_BETA = 0.9
 """The EMAs' coefficient."""
 GATED_TAU = 0.2
 """τ₀: the shift of the slope is τ₀ (1 − β₁) times the step's own slope."""
+GATED_TAU_CLOSURE_PLAIN = 0.4
+"""τ for a closure step without momentum (β₁ = 0) that an undo protects (``reject``): the
+target lies further past the expected line minimum (docs/design/alpha.md, H28)."""
 GATED_K_DOWN = 3.0
 GATED_K_UP = 2.0
 GATED_FACTOR_MIN, GATED_FACTOR_MAX = 0.5, 4.0
@@ -772,7 +775,9 @@ def gated_before_step(state: GatedState, probe: Probe, alpha: Scalar,
     - phase 2: bias-corrected EMAs (β = 0.9) of $b = B/\eta$, $b^2$,
       $a = A/\eta$, $c = (A - B)/\eta^2$; the s.d. of the average
       $\mathrm{sd} = \sqrt{\max(\overline{b^2} - \bar b^2, 0)(1-\beta)/(1+\beta)}$;
-      the shifted slope $\tilde b = \bar b + \tau_0 (1 - \beta_1)\,\bar a$; the factor
+      the shifted slope $\tilde b = \bar b + \tau\,\bar a$ with $\tau = \tau_0 (1 -
+      \beta_1)$, $\tau_0 = 0.2$ (0.4 for a closure step with $\beta_1 = 0$ and
+      ``reject``, H28); the factor
       $f = \operatorname{clamp}(1 + \tilde b/(\eta \bar c), \tfrac12, 4)$ (4 if
       $\bar c \le 0$), set to 1 unless significant (a decrease needs
       $\tilde b < -3\,\mathrm{sd}$, an increase $\tilde b > 2\,\mathrm{sd}$), a decrease
@@ -814,7 +819,11 @@ def gated_before_step(state: GatedState, probe: Probe, alpha: Scalar,
     bb, ab = mean_b / correction, mean_a / correction
     cb, b2 = mean_c / correction, mean_b2 / correction
     sd = xp.sqrt(xp.clamp(b2 - bb * bb, lo=0.0) * ((1 - beta) / (1 + beta)))
-    shifted = bb + GATED_TAU * (1 - probe.momentum) * ab
+    # H28: a closure step without momentum, which an undo protects, aims further past
+    tau = GATED_TAU * (1 - probe.momentum)  # β₁ is a host float
+    if options.reject and probe.momentum == 0:
+        tau = xp.where(state.free, xp.const(GATED_TAU, A), xp.const(GATED_TAU_CLOSURE_PLAIN, A))
+    shifted = bb + tau * ab
     positive = cb > 0
     f = xp.where(positive, 1 + shifted / safe_eta / xp.where(positive, cb, one),
                  GATED_FACTOR_MAX * one)

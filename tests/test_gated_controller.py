@@ -377,8 +377,11 @@ def test_the_first_fresh_overshoot_caps_and_shrinks_only_without_momentum_closur
     momentum = 0.9 if case == "momentum" else 0.0
     new, decision = rule.gated_before_step(state, rule.Probe(slope, True, momentum), 0.5,
                                            options)
+    # the rule without the event: the same step as a closure step, whose τ is the
+    # closure-free one when nothing is undone (H28's τ needs ``reject``)
     without, reference = rule.gated_before_step(state._replace(free=False),
-                                                rule.Probe(slope, True, momentum), 0.5, options)
+                                                rule.Probe(slope, True, momentum), 0.5,
+                                                replace(options, reject=False))
     if case in ("plain", "floor"):
         assert new.shot and new.cap == pytest.approx(0.45)
         assert decision.safeguard == rule.Safeguard.OVERSHOOT
@@ -411,3 +414,23 @@ def test_a_checkpoint_saved_before_the_overshoot_fields_loads(host):
     again = newt.NewtOptimizer(torch.optim.SGD(model.parameters(), lr=0.3), controller="gated")
     again.load_state_dict(opt.state_dict())
     assert bool(again._states[0].rule.shot) and bool(again._states[0].rule.free)
+
+
+@pytest.mark.parametrize(("momentum", "reject", "aims_further"),
+                         [(0.0, True, True), (0.0, False, False), (0.9, True, False)])
+def test_a_closure_step_without_momentum_aims_further_past_the_minimum(
+        momentum, reject, aims_further, monkeypatch):
+    """H28: after a closure step with β₁ = 0 and the undo on, the slope shift is
+    τ = 0.4 (the closure-free τ₀ = 0.2 otherwise): the same α as the closure-free rule
+    with τ₀ set to 0.4, a larger growth than with τ₀ = 0.2. Without ``reject`` or with
+    momentum the closure step takes the closure-free τ₀ (1 − β₁)."""
+    options = replace(newt.NewtOptimizer(torch.optim.SGD([nn.Parameter(torch.ones(1))], lr=0.5),
+                                         controller="gated")._all_options()[0], reject=reject)
+    probe = rule.Probe(0.5, True, momentum)  # ρ = 0.5: no overshoot event
+    quiet = {"mean_b": 1.0, "mean_b2": 1.0}  # b̄ > 0 with no spread: a significant rise
+    _, closure = rule.gated_before_step(_phase2(free=False, **quiet), probe, 0.5, options)
+    _, free = rule.gated_before_step(_phase2(**quiet), probe, 0.5, options)
+    monkeypatch.setattr(rule, "GATED_TAU", rule.GATED_TAU_CLOSURE_PLAIN)
+    _, free_further = rule.gated_before_step(_phase2(**quiet), probe, 0.5, options)
+    assert free_further.alpha > free.alpha > 0.5  # the shift matters here
+    assert closure.alpha == (free_further.alpha if aims_further else free.alpha)

@@ -452,6 +452,7 @@ class Gate(Controller):
     horizon_up: float = 0.0  # H26: k > 0: where the rule does not shrink, α ≥ α·horizon_rate
     horizon_rate: float = 1.02  # … (the cap follows) while the EMA of h is k s.d. below 0
     tau_plain: float = -1.0  # H28: ≥ 0: τ without momentum (β₁ = 0) instead of τ₀
+    tau_plain_closure: bool = False  # … only for closure steps with the undo (``reject``)
 
     @property
     def uses_scale_slope(self) -> bool:
@@ -523,7 +524,8 @@ class Gate(Controller):
                 blowup = (self.brake > 0 and s["n"] > 4
                           and s["af"] > self.brake * _Ema.mean(s, "as", 0.95))
                 tau = self.tau0 * (1 - self.momentum) ** self.power
-                if self.tau_plain >= 0 and self.momentum == 0:
+                if (self.tau_plain >= 0 and self.momentum == 0
+                        and (not self.tau_plain_closure or (s["closure"] and self.reject))):
                     tau = self.tau_plain  # H28: aim further past the minimum without momentum
                 shifted = bb + tau * aa
                 if self.lagged and cc > 0:
@@ -747,32 +749,37 @@ REC_H11 = replace(REC_H6, name="rec_h11", overshoot=-1.0, overshoot_plain=True)
 """``rec_h6`` + the first fresh overshoot as an event, closure-free and without momentum
 (``rec_o1p``, H11): the recommended controller until H22, named ``rec`` in the record's
 tables of H11–H21; the base of the H12–H22 variants."""
-REC = replace(REC_H11, name="rec", stall=100, stall_grow=1.5, stall_drop=1 / 1.5,
-              stall_momentum=True)
-"""The recommended controller (docs/design/alpha.md, section 4): ``rec_h11`` + a step down
-when the gradient scale stalls over windows of 100, 150, 225, … updates, closure-free with
-momentum (``rec_sg100hm``, H22)."""
+REC_H22 = replace(REC_H11, name="rec_h22", stall=100, stall_grow=1.5, stall_drop=1 / 1.5,
+                  stall_momentum=True)
+"""``rec_h11`` + a step down when the gradient scale stalls over windows of 100, 150, 225, …
+updates, closure-free with momentum (``rec_sg100hm``, H22): the recommended controller until
+H28's closure-mode τ, named ``rec`` in the record's tables of H22–H28; the base of the
+H23–H28 variants."""
+REC = replace(REC_H22, name="rec", tau_plain=0.4, tau_plain_closure=True)
+"""The recommended controller (docs/design/alpha.md, section 4): ``rec_h22`` with τ = 0.4 for
+closure steps without momentum (the closure-mode half of ``rec_tp4``, H28)."""
 
 CONTROLLERS: dict[str, Controller] = {
     "rec": REC,
+    "rec_h22": REC_H22,
     "rec_h11": REC_H11,
-    "rec_lag": replace(REC, name="rec_lag", lagged=True),
-    "rec_r_gm07": replace(REC, name="rec_r_gm07", rho_rel=True, grow_max=2 ** 0.1),
-    "rec_slow": replace(REC, name="rec_slow", slow=100),
-    "rec_slowp": replace(REC, name="rec_slowp", slow=100, slow_plain=True),
-    "rec_win": PlainClosure(name="rec_win", base=REC, alt=Window(name="win_rej", reject=True)),
-    "rec_gm07": replace(REC, name="rec_gm07", grow_max=2 ** 0.1),
-    "rec_hz2": replace(REC, name="rec_hz2", horizon=2.0),
-    "rec_hz3": replace(REC, name="rec_hz3", horizon=3.0),
-    "rec_hg": replace(REC, name="rec_hg", horizon_grow=True),
-    "rec_hu": replace(REC, name="rec_hu", horizon_up=2.0),
-    "rec_hud": replace(REC, name="rec_hud", horizon_up=2.0, horizon=2.0),
-    "rec_hz2f": replace(REC, name="rec_hz2f", horizon=2.0, horizon_beta=0.9, horizon_min=10),
-    "rec_hz2h": replace(REC, name="rec_hz2h", horizon=2.0, horizon_beta=0.9, horizon_min=10,
+    "rec_lag": replace(REC_H22, name="rec_lag", lagged=True),
+    "rec_r_gm07": replace(REC_H22, name="rec_r_gm07", rho_rel=True, grow_max=2 ** 0.1),
+    "rec_slow": replace(REC_H22, name="rec_slow", slow=100),
+    "rec_slowp": replace(REC_H22, name="rec_slowp", slow=100, slow_plain=True),
+    "rec_win": PlainClosure(name="rec_win", base=REC_H22, alt=Window(name="win_rej", reject=True)),
+    "rec_gm07": replace(REC_H22, name="rec_gm07", grow_max=2 ** 0.1),
+    "rec_hz2": replace(REC_H22, name="rec_hz2", horizon=2.0),
+    "rec_hz3": replace(REC_H22, name="rec_hz3", horizon=3.0),
+    "rec_hg": replace(REC_H22, name="rec_hg", horizon_grow=True),
+    "rec_hu": replace(REC_H22, name="rec_hu", horizon_up=2.0),
+    "rec_hud": replace(REC_H22, name="rec_hud", horizon_up=2.0, horizon=2.0),
+    "rec_hz2f": replace(REC_H22, name="rec_hz2f", horizon=2.0, horizon_beta=0.9, horizon_min=10),
+    "rec_hz2h": replace(REC_H22, name="rec_hz2h", horizon=2.0, horizon_beta=0.9, horizon_min=10,
                         horizon_factor=0.5),
-    "rec_hg9": replace(REC, name="rec_hg9", horizon_grow=True, horizon_beta=0.9),
-    "rec_gm035": replace(REC, name="rec_gm035", grow_max=2 ** 0.05),
-    "rec_a64s_st": replace(REC, name="rec_a64s_st", anchor=64.0, anchor_stop=True),
+    "rec_hg9": replace(REC_H22, name="rec_hg9", horizon_grow=True, horizon_beta=0.9),
+    "rec_gm035": replace(REC_H22, name="rec_gm035", grow_max=2 ** 0.05),
+    "rec_a64s_st": replace(REC_H22, name="rec_a64s_st", anchor=64.0, anchor_stop=True),
     "rec_a16": replace(REC_H11, name="rec_a16", anchor=16.0),
     "rec_a4": replace(REC_H11, name="rec_a4", anchor=4.0),
     "rec_a16s": replace(REC_H11, name="rec_a16s", anchor=16.0, anchor_stop=True),
@@ -797,10 +804,10 @@ CONTROLLERS: dict[str, Controller] = {
     "rec_ofmp": replace(REC_H11, name="rec_ofmp", overshoot_plain=False, overshoot_free=True,
                         overshoot_scaled=True, overshoot_power=True),
     "rec_v1": REC_V1,
-    "rec_tp4": replace(REC, name="rec_tp4", tau_plain=0.4),
-    "rec_tp6": replace(REC, name="rec_tp6", tau_plain=0.6),
-    "ho100": Handover(name="ho100", then=REC),
-    "ho50": Handover(name="ho50", then=REC, steps=50),
+    "rec_tp4": replace(REC_H22, name="rec_tp4", tau_plain=0.4),
+    "rec_tp6": replace(REC_H22, name="rec_tp6", tau_plain=0.6),
+    "ho100": Handover(name="ho100", then=REC_H22),
+    "ho50": Handover(name="ho50", then=REC_H22, steps=50),
     "rec_p8": replace(REC_H6, name="rec_p8", prime=8.0),
     "rec_o1": replace(REC_H6, name="rec_o1", overshoot=-1.0),
     "rec_o1l": replace(REC_H6, name="rec_o1l", overshoot=-1.0, overshoot_shrink=0.0),
