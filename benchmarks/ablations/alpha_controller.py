@@ -453,6 +453,7 @@ class Gate(Controller):
     horizon_rate: float = 1.02  # … (the cap follows) while the EMA of h is k s.d. below 0
     tau_plain: float = -1.0  # H28: ≥ 0: τ without momentum (β₁ = 0) instead of τ₀
     tau_plain_closure: bool = False  # … only for closure steps with the undo (``reject``)
+    warmup_free: bool = False  # H29: the step is α·s/max(s so far): a schedule's rise is ignored
 
     @property
     def uses_scale_slope(self) -> bool:
@@ -641,8 +642,13 @@ class Gate(Controller):
                     s["peak"] = max(s.get("peak", 0.0), s["alpha"])
                     new = max(new, self.floor * s["peak"])
                 s["alpha"] = new
-        s["step"] = s["alpha"] * self.peak * obs.schedule
-        return s, s["alpha"] * self.peak
+        rise = 1.0
+        if self.warmup_free and obs.schedule > 0:
+            # H29: the rule has its own start, so a warmup only carries the step past the
+            # cap and the floor it set in α; keep the schedule's fall, drop its rise
+            s["rmax"] = rise = max(s.get("rmax", 0.0), obs.schedule)
+        s["step"] = s["alpha"] * self.peak * obs.schedule / rise
+        return s, s["alpha"] * self.peak / rise
 
     def after_step(self, state: State, obs: After) -> tuple[State, bool, float]:
         s = dict(state)
@@ -806,6 +812,7 @@ CONTROLLERS: dict[str, Controller] = {
     "rec_v1": REC_V1,
     "rec_tp4": replace(REC_H22, name="rec_tp4", tau_plain=0.4),
     "rec_tp6": replace(REC_H22, name="rec_tp6", tau_plain=0.6),
+    "rec_wf": replace(REC, name="rec_wf", warmup_free=True),
     "ho100": Handover(name="ho100", then=REC_H22),
     "ho50": Handover(name="ho50", then=REC_H22, steps=50),
     "rec_p8": replace(REC_H6, name="rec_p8", prime=8.0),
@@ -1377,7 +1384,8 @@ EXPERIMENTS: dict[str, str] = {
     "bar": "controllers on the bar, 1200 evaluations (--controllers)",
     "untuned": "controllers on the untuned problems (--problems), 1200 evaluations",
     "long": "controllers on the bar at 3600 evaluations",
-    "cosine": "controllers × warmup+cosine on the bar against the tuned lr + the same cosine",
+    "cosine": "controllers × warmup+cosine on --problem (the bar by default) against the "
+              "tuned lr + the same cosine",
     "lm": "controllers on byte_lm with AdamW, 600 evaluations: excess test loss in nats",
     "feasibility": "best constant α in closure mode (half the steps) against the references",
     "trace": "α and loss along runs of --controllers on --problem/--inner/--modes, α₀ 1e-2",
@@ -1431,7 +1439,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     elif args.experiment == "long":
         print(table(controllers, "bar", args.evals or 3600, seeds, inners, modes))
     elif args.experiment == "cosine":
-        print(table(controllers, "bar", args.evals or 1200, seeds, inners, modes, schedule=True))
+        print(table(controllers, args.problem, args.evals or 1200, seeds, inners, modes,
+                    schedule=True))
     elif args.experiment == "lm":
         print(table(controllers, "byte_lm", args.evals or 600, seeds, ("AdamW",), modes))
     elif args.experiment == "feasibility":
