@@ -454,6 +454,7 @@ class Gate(Controller):
     tau_plain: float = -1.0  # H28: ≥ 0: τ without momentum (β₁ = 0) instead of τ₀
     tau_plain_closure: bool = False  # … only for closure steps with the undo (``reject``)
     warmup_free: bool = False  # H29: the step is α·s/max(s so far): a schedule's rise is ignored
+    warmup_plain: bool = False  # … only without momentum (β₁ = 0)
 
     @property
     def uses_scale_slope(self) -> bool:
@@ -643,7 +644,8 @@ class Gate(Controller):
                     new = max(new, self.floor * s["peak"])
                 s["alpha"] = new
         rise = 1.0
-        if self.warmup_free and obs.schedule > 0:
+        if (self.warmup_free and obs.schedule > 0
+                and not (self.warmup_plain and self.momentum != 0)):
             # H29: the rule has its own start, so a warmup only carries the step past the
             # cap and the floor it set in α; keep the schedule's fall, drop its rise
             s["rmax"] = rise = max(s.get("rmax", 0.0), obs.schedule)
@@ -813,6 +815,7 @@ CONTROLLERS: dict[str, Controller] = {
     "rec_tp4": replace(REC_H22, name="rec_tp4", tau_plain=0.4),
     "rec_tp6": replace(REC_H22, name="rec_tp6", tau_plain=0.6),
     "rec_wf": replace(REC, name="rec_wf", warmup_free=True),
+    "rec_wfp": replace(REC, name="rec_wfp", warmup_free=True, warmup_plain=True),
     "ho100": Handover(name="ho100", then=REC_H22),
     "ho50": Handover(name="ho50", then=REC_H22, steps=50),
     "rec_p8": replace(REC_H6, name="rec_p8", prime=8.0),
