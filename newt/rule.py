@@ -103,7 +103,8 @@ class Safeguard(enum.IntEnum):
     """``controller="gated"``: the averaged Newton factor was not significant; α kept."""
     OVERSHOOT = 11
     """``controller="gated"``, closure-free without momentum: the first fresh overshoot
-    (ρ = B/A < −1) capped later growth at 0.9α and halved α."""
+    (ρ = B/A < −1), or the third in a row since (a blow-up under way, H32), capped later
+    growth at 0.9α and halved α."""
     STALL = 12
     """``controller="gated"``, closure-free with momentum: the gradient scale along the
     step did not fall over a window as a converging run's does; α × 0.8 and later growth
@@ -599,6 +600,10 @@ GATED_OVERSHOOT = -1.0
 fresh batch's line minimum), closure-free and without momentum, caps growth at
 GATED_RATCHET × α and shrinks α × GATED_OVERSHOOT_SHRINK (docs/design/alpha.md, H11)."""
 GATED_OVERSHOOT_SHRINK = 0.5
+GATED_OVERSHOOT_RUN = 3
+"""Closure-free without momentum, every GATED_OVERSHOOT_RUN-th phase-2 fresh ratio in a row
+below GATED_OVERSHOOT is a blow-up under way: the cap and the shrink of the first overshoot
+act again, and the floor's peak is reset to α (docs/design/alpha.md, H32)."""
 GATED_STALL_WINDOW = 100
 """Closure-free with momentum (β₁ > 0): the first window of phase-2 updates over which the
 mean of log a (a = A/η, the gradient scale along the step) is formed (H22)."""
@@ -685,6 +690,9 @@ class GatedState(NamedTuple):
     """The current window's length in updates (× `GATED_STALL_GROWTH` after each window)."""
     stall_mean: Scalar = math.nan
     """The mean of log a over the previous window (NaN before the first is complete)."""
+    overshoots: Scalar = 0
+    """int64: phase-2 fresh ratios ρ < `GATED_OVERSHOOT` in a row, closure-free without
+    momentum (H32; back to 0 at each `GATED_OVERSHOOT_RUN`-th)."""
 
 
 def gated_init(device: torch.device | None) -> GatedState:
@@ -695,7 +703,8 @@ def gated_init(device: torch.device | None) -> GatedState:
                       cap=zero + math.inf, peak=zero, streak=izero, mean_b=zero, mean_b2=zero,
                       mean_a=zero, mean_c=zero, count=izero, updates=izero, free=false,
                       shot=false, stall_sum=zero, stall_count=izero,
-                      stall_window=zero + GATED_STALL_WINDOW, stall_mean=nan)
+                      stall_window=zero + GATED_STALL_WINDOW, stall_mean=nan,
+                      overshoots=izero)
 
 
 def auto_init(device: torch.device | None) -> GatedState:
@@ -785,7 +794,9 @@ def gated_before_step(state: GatedState, probe: Probe, alpha: Scalar,
       a decrease sets the cap $\min(\text{cap}, 0.9\alpha)$, an increase stops at
       $\max(\text{cap}, \alpha)$; closure-free with $\beta_1 = 0$, the first
       $\rho = B/A < -1$ of the run sets the cap $\min(\text{cap}, 0.9\alpha)$ and
-      $\alpha' \leftarrow \min(\alpha', \alpha/2)$; closure-free with $\beta_1 > 0$,
+      $\alpha' \leftarrow \min(\alpha', \alpha/2)$, and so does every third
+      $\rho < -1$ in a row (H32: a blow-up under way), which also resets the floor's peak
+      to α; closure-free with $\beta_1 > 0$,
       at the end of each window of $W_k = 100 \cdot 1.5^k$ updates ($k \ge 1$) whose mean
       of $\log a$ did not fall by $\log 1.5$ from the previous window's (a converging
       $a \propto t^{-p}$ falls by $p \log 1.5$), $\alpha' \leftarrow \min(\alpha',
@@ -842,6 +853,14 @@ def gated_before_step(state: GatedState, probe: Probe, alpha: Scalar,
             & (B / safe_A < GATED_OVERSHOOT))
     cap = xp.where(shot, xp.minimum(cap, GATED_RATCHET * a), cap)
     proposed = xp.where(shot, xp.minimum(proposed, GATED_OVERSHOOT_SHRINK * a), proposed)
+    # a run of fresh overshoots is a blow-up under way, whose growing spread keeps the gate
+    # shut (a rising warmup carries a held α there): act again, every third in a row (H32)
+    over = state.free & (probe.momentum == 0) & (B / safe_A < GATED_OVERSHOOT)
+    overshoots = xp.where(over, state.overshoots + 1, xp.const(0, state.overshoots))
+    run = overshoots >= GATED_OVERSHOOT_RUN
+    overshoots = xp.where(run, xp.const(0, state.overshoots), overshoots)
+    cap = xp.where(run, xp.minimum(cap, GATED_RATCHET * a), cap)
+    proposed = xp.where(run, xp.minimum(proposed, GATED_OVERSHOOT_SHRINK * a), proposed)
     # a gradient scale that stops falling, closure-free with momentum (H22): over windows
     # of 100, 150, 225, … updates, a converging run's a ∝ t^(−p) has a mean log a that
     # falls by p log 1.5 per window; unless it falls by log 1.5 (p ≥ 1), step down
@@ -853,7 +872,7 @@ def gated_before_step(state: GatedState, probe: Probe, alpha: Scalar,
     stall = full & (window_mean > state.stall_mean - math.log(GATED_STALL_GROWTH))
     proposed = xp.where(stall, xp.minimum(proposed, GATED_STALL_FACTOR * a), proposed)
     cap = xp.where(stall, xp.minimum(cap, proposed), cap)
-    peak = xp.maximum(state.peak, a)
+    peak = xp.where(run, a, xp.maximum(state.peak, a))  # a blow-up's α is no peak to hold
     proposed = xp.maximum(proposed, GATED_FLOOR * peak)
 
     new_alpha = xp.where(
@@ -865,7 +884,7 @@ def gated_before_step(state: GatedState, probe: Probe, alpha: Scalar,
     safeguard = xp.where(
         xp.not_(finite), int(Safeguard.SKIPPED), xp.where(
             grow, int(Safeguard.GROWTH), xp.where(
-                newton & shot, int(Safeguard.OVERSHOOT), xp.where(
+                newton & (shot | run), int(Safeguard.OVERSHOOT), xp.where(
                     stall, int(Safeguard.STALL), xp.where(
                         newton & (f == 1), int(Safeguard.GATED), xp.where(
                             newton, int(Safeguard.NEWTON), int(Safeguard.FIRST_STEP)))))))
@@ -890,7 +909,8 @@ def gated_before_step(state: GatedState, probe: Probe, alpha: Scalar,
         stall_count=xp.where(full, 0, stall_count),
         stall_window=xp.where(full, GATED_STALL_GROWTH * state.stall_window,
                               state.stall_window),
-        stall_mean=xp.where(full, window_mean, state.stall_mean))
+        stall_mean=xp.where(full, window_mean, state.stall_mean),
+        overshoots=xp.where(newton, overshoots, state.overshoots))
     return new_state, decision
 
 

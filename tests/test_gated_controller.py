@@ -57,8 +57,44 @@ def _problem(noise: bool = False) -> Problem:
                    train_loss=train_loss, stochastic=True, dtype=torch.float64)
 
 
+def _quadratic() -> Problem:
+    """A float64 noisy quadratic with a sharp stability edge (DeepOBS quadratic_deep in
+    small: 18 eigenvalues in U(0, 1), 2 in U(30, 60); ½ (θ − x)ᵀ Q (θ − x) over a batch)."""
+    dim, samples, batch = 20, 512, 32
+    gen = torch.Generator().manual_seed(0)
+    eig = torch.cat([torch.rand(dim - 2, generator=gen, dtype=torch.float64),
+                     30 + 30 * torch.rand(2, generator=gen, dtype=torch.float64)])
+    rotation, _ = torch.linalg.qr(torch.randn(dim, dim, generator=gen, dtype=torch.float64))
+    hessian = rotation.T @ torch.diag(eig) @ rotation
+    x = 0.6 * torch.randn(samples, dim, generator=gen, dtype=torch.float64)
+
+    def init(seed: int) -> nn.Module:
+        module = nn.Module()
+        module.theta = nn.Parameter(torch.ones(dim, dtype=torch.float64))
+        return module
+
+    def loss(model: nn.Module, batch: tuple[torch.Tensor]) -> torch.Tensor:
+        diff = model.theta - batch[0]
+        return 0.5 * ((diff @ hessian) * diff).sum(dim=1).mean()
+
+    def batches(seed: int) -> Iterator[tuple[torch.Tensor]]:
+        g = torch.Generator().manual_seed(seed)
+        while True:
+            order = torch.randperm(samples, generator=g)
+            for i in range(0, samples - batch + 1, batch):
+                yield (x[order[i:i + batch]],)
+
+    def train_loss(model: nn.Module) -> float:
+        with torch.no_grad():
+            return float(loss(model, (x,)))
+
+    return Problem(name="quadratic", init=init, loss=loss, batches=batches,
+                   train_loss=train_loss, stochastic=True, dtype=torch.float64)
+
+
 PROBLEM = _problem()
 NOISE = _problem(noise=True)
+QUADRATIC = _quadratic()
 INNERS = {"Adam": torch.optim.Adam, "SGD": torch.optim.SGD}
 
 
@@ -276,6 +312,58 @@ def test_under_a_schedule_matches_the_harness(inner, closure, monkeypatch):
                              schedule=ac.cosine)
     assert uncompensated.alphas != pytest.approx(ref.alphas, rel=1e-3)
     assert int(opt._states[0].rule.phase) == 2
+
+
+def test_a_run_of_overshoots_under_a_rising_warmup_steps_back_again(monkeypatch):
+    """Closure-free SGD under a warmup over half the run (docs/design/alpha.md, H32): the
+    rising factor carries a held α past the stability edge, where the growing spread of the
+    slopes keeps the significance gate shut. Every third fresh overshoot in a row steps α
+    back as the first one did; without that (``rec_h28``) the same run diverges."""
+    steps = 200
+
+    def warmup(u: float) -> float:
+        return min(1.0, u / 0.5)
+
+    guards: list[str] = []
+    used, model, _ = _core("SGD", 0.3, closure=False, steps=steps, schedule=warmup,
+                           problem=QUADRATIC, guards=guards)
+    ref = _harness("SGD", 0.3, closure=False, steps=steps, monkeypatch=monkeypatch,
+                   schedule=warmup, problem=QUADRATIC)
+    factors = [warmup(t / steps) for t in range(steps)]
+    assert used == pytest.approx([a * f for a, f in zip(ref.alphas, factors, strict=True)],
+                                 rel=1e-9, abs=0)
+    assert guards.count("overshoot") >= 2, guards  # the first overshoot, then a run
+    start = QUADRATIC.train_loss(QUADRATIC.init(0))
+    assert QUADRATIC.train_loss(model) < start
+    old = ac.train(QUADRATIC.name, "SGD", ac.for_inner(ac.REC_H28, "SGD"), 0.3, closure=False,
+                   evals=steps, seed=0, schedule=warmup)
+    assert old.loss > 1e6 * start
+
+
+def test_a_run_of_overshoots_needs_three_in_a_row_without_momentum():
+    """The rule in isolation: from phase 2 after the first overshoot, ρ = −2 twice, then a
+    quiet step (the count restarts), then three in a row: α × ½, the cap at 0.9 α and the
+    floor's peak at α. With β₁ = 0.9 nothing acts."""
+    options = newt.NewtOptimizer(torch.optim.SGD([nn.Parameter(torch.ones(1))], lr=1.0),
+                                 controller="gated")._all_options()[0]
+    base = rule.gated_init(None)._replace(started=True, phase=2, shot=True, peak=10.0, count=20,
+                           mean_b=0.0, mean_b2=1e6, mean_a=1.0, mean_c=1.0, free=True)
+
+    def run(momentum: float, ratios: list[float]) -> list[tuple[float, float, float]]:
+        state, alpha, out = base, 4.0, []
+        for rho in ratios:
+            state = state._replace(pending=True, slope=1.0, step=alpha)
+            state, decision = rule.gated_before_step(
+                state, rule.Probe(rho, True, momentum), alpha, options)
+            alpha = decision.alpha
+            out.append((alpha, state.cap, state.peak))
+        return out
+
+    plain = run(0.0, [-2.0, -2.0, 0.5, -2.0, -2.0, -2.0])
+    assert [a for a, _, _ in plain[:5]] == [4.0] * 5  # the wide spread: the gate holds α
+    assert plain[5] == (2.0, pytest.approx(3.6), 4.0)
+    assert all(math.isinf(cap) for _, cap, _ in plain[:5])
+    assert [a for a, _, _ in run(0.9, [-2.0] * 6)] == [4.0] * 6
 
 
 def test_starts_small_and_doubles_on_a_quadratic():

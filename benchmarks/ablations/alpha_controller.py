@@ -455,6 +455,14 @@ class Gate(Controller):
     tau_plain_closure: bool = False  # … only for closure steps with the undo (``reject``)
     warmup_free: bool = False  # H29: the step is α·s/max(s so far): a schedule's rise is ignored
     warmup_plain: bool = False  # … only without momentum (β₁ = 0)
+    decay_weighted: bool = False  # H30: phase-2 growth ×(new/α)^(s/max s): a decay is not undone
+    cap_step: bool = False  # H31: a cap set at the schedule's factor s_c also holds α·s ≤ cap·s_c
+    floor_step: bool = False  # H31: the floor is floor × the largest step α·s / max(s so far)
+    floor_reset: bool = False  # H31: a non-finite step lowers the floor's peak with α
+    overshoot_run: int = 0  # H32: K > 0: K phase-2 fresh ratios in a row below ``overshoot``
+    # (closure-free) shrink α × overshoot_shrink and cap it at overshoot_cap × α, every time
+    overshoot_run_plain: bool = False  # … only without momentum (β₁ = 0)
+    overshoot_run_floor: bool = False  # … and the floor's peak falls to the new α
 
     @property
     def uses_scale_slope(self) -> bool:
@@ -470,9 +478,13 @@ class Gate(Controller):
 
     def before_step(self, state: State, obs: Before) -> tuple[State, float]:
         s = dict(state)
+        cap0 = s.get("ceiling", math.inf)
         if not obs.finite:
             s["alpha"] = max(s["alpha"] * 0.1, self.lr_min)
             s["phase"] = 2.0
+            if self.floor_reset and "peak" in s:
+                s["peak"] = min(s["peak"], s["alpha"] * (s.get("fmax", 1.0)
+                                                        if self.floor_step else 1.0))
         elif (obs.slope is not None and math.isfinite(s["A"]) and s["A"] != 0
               and s["step"] > 0):
             step, A, B = s["step"], s["A"], obs.slope
@@ -595,6 +607,18 @@ class Gate(Controller):
                     if self.overshoot_power:
                         target = s["alpha"] * (target / s["alpha"]) ** (1 - self.momentum)
                     new = min(new, target)
+                if (self.overshoot_run > 0 and not s["closure"]
+                        and not (self.overshoot_run_plain and self.momentum != 0)):
+                    # H32: a run of fresh overshoots is a blow-up in progress, whose variance
+                    # keeps the significance gate shut; act on it at every K-th in a row
+                    s["orun"] = s.get("orun", 0.0) + 1 if B / A < self.overshoot else 0.0
+                    if s["orun"] >= self.overshoot_run:
+                        s["orun"] = 0.0
+                        s["ceiling"] = min(s.get("ceiling", math.inf),
+                                           self.overshoot_cap * s["alpha"])
+                        new = min(new, self.overshoot_shrink * s["alpha"])
+                        if self.overshoot_run_floor:
+                            s["peak"] = min(s.get("peak", 0.0), new)
                 if (self.stall > 0 and a > 0
                         and not (self.stall_momentum
                                  and (s["closure"] or self.momentum == 0))):
@@ -638,11 +662,25 @@ class Gate(Controller):
                             new = min(max(new, s["alpha"] * self.horizon_rate), self.lr_max)
                             if "ceiling" in s:
                                 s["ceiling"] = max(s["ceiling"], new)
-                if self.floor > 0:
+                if self.decay_weighted and new > s["alpha"] and s.get("smax", 0.0) > 0:
+                    # H30: growth in log α is weighted by s/max(s) of the pending step, so that
+                    # a rule tracking a decay s → s_end grows α by at most exp(1 − s_end/max s)
+                    w = s["sched"] / s["smax"]
+                    new = s["alpha"] * (new / s["alpha"]) ** w
+                if self.floor > 0 and self.floor_step:
+                    # H31: the peak is a step, α·s; the floor on α is its share at the largest
+                    # factor so far (the upcoming one included), so that a warmup's rise does
+                    # not lift the floor's step, and a decay does not lift the floor on α
+                    s["peak"] = max(s.get("peak", 0.0), s["step"])
+                    s["fmax"] = max(s.get("fmax", 0.0), obs.schedule, s["step"] / s["alpha"])
+                    new = max(new, self.floor * s["peak"] / s["fmax"])
+                elif self.floor > 0:
                     # the brake may undo at most a factor 1/floor of the largest α reached
                     s["peak"] = max(s.get("peak", 0.0), s["alpha"])
                     new = max(new, self.floor * s["peak"])
                 s["alpha"] = new
+        if self.cap_step:
+            s = self._hold_cap_step(s, cap0, obs.schedule)
         rise = 1.0
         if (self.warmup_free and obs.schedule > 0
                 and not (self.warmup_plain and self.momentum != 0)):
@@ -650,10 +688,13 @@ class Gate(Controller):
             # cap and the floor it set in α; keep the schedule's fall, drop its rise
             s["rmax"] = rise = max(s.get("rmax", 0.0), obs.schedule)
         s["step"] = s["alpha"] * self.peak * obs.schedule / rise
+        if self.decay_weighted:
+            s["sched"], s["smax"] = obs.schedule, max(s.get("smax", 0.0), obs.schedule)
         return s, s["alpha"] * self.peak / rise
 
     def after_step(self, state: State, obs: After) -> tuple[State, bool, float]:
         s = dict(state)
+        cap0 = s.get("ceiling", math.inf)
         s["A"] = obs.slope
         accept = True
         if obs.lookahead_slope is not None:
@@ -668,7 +709,20 @@ class Gate(Controller):
                 s["alpha"] = max(s["alpha"] * shrink, self.lr_min)
             else:
                 s["streak"] = 0.0
+        if self.cap_step:
+            s = self._hold_cap_step(s, cap0, None)
         return s, accept, s["alpha"]
+
+    def _hold_cap_step(self, s: State, cap0: float, schedule: float | None) -> State:
+        """H31: a cap set now is also a cap on the step, at the pending step's factor s_c;
+        when a rising schedule (``schedule`` > s_c) would carry α·s past cap·s_c, α falls."""
+        if s.get("ceiling", math.inf) < cap0:
+            s["cap_s"] = s.get("sched", 1.0)  # the factor of the step that set the cap
+        if schedule is not None:
+            if "cap_s" in s and schedule > s["cap_s"]:
+                s["alpha"] = min(s["alpha"], s["ceiling"] * s["cap_s"] / schedule)
+            s["sched"] = schedule
+        return s
 
 
 @dataclass(frozen=True)
@@ -763,13 +817,18 @@ REC_H22 = replace(REC_H11, name="rec_h22", stall=100, stall_grow=1.5, stall_drop
 updates, closure-free with momentum (``rec_sg100hm``, H22): the recommended controller until
 H28's closure-mode τ, named ``rec`` in the record's tables of H22–H28; the base of the
 H23–H28 variants."""
-REC = replace(REC_H22, name="rec", tau_plain=0.4, tau_plain_closure=True)
-"""The recommended controller (docs/design/alpha.md, section 4): ``rec_h22`` with τ = 0.4 for
-closure steps without momentum (the closure-mode half of ``rec_tp4``, H28)."""
+REC_H28 = replace(REC_H22, name="rec_h28", tau_plain=0.4, tau_plain_closure=True)
+"""``rec_h22`` with τ = 0.4 for closure steps without momentum (the closure-mode half of
+``rec_tp4``, H28)."""
+REC = replace(REC_H28, name="rec", overshoot_run=3, overshoot_run_plain=True,
+              overshoot_run_floor=True)
+"""The recommended controller (docs/design/alpha.md, section 4): ``rec_h28`` with H32's run of
+three fresh overshoots (closure-free, without momentum) acting as a blow-up, every time."""
 
 CONTROLLERS: dict[str, Controller] = {
     "rec": REC,
     "rec_h22": REC_H22,
+    "rec_h28": REC_H28,
     "rec_h11": REC_H11,
     "rec_lag": replace(REC_H22, name="rec_lag", lagged=True),
     "rec_r_gm07": replace(REC_H22, name="rec_r_gm07", rho_rel=True, grow_max=2 ** 0.1),
@@ -814,8 +873,15 @@ CONTROLLERS: dict[str, Controller] = {
     "rec_v1": REC_V1,
     "rec_tp4": replace(REC_H22, name="rec_tp4", tau_plain=0.4),
     "rec_tp6": replace(REC_H22, name="rec_tp6", tau_plain=0.6),
-    "rec_wf": replace(REC, name="rec_wf", warmup_free=True),
-    "rec_wfp": replace(REC, name="rec_wfp", warmup_free=True, warmup_plain=True),
+    "rec_wf": replace(REC_H28, name="rec_wf", warmup_free=True),
+    "rec_wfp": replace(REC_H28, name="rec_wfp", warmup_free=True, warmup_plain=True),
+    "rec_dw": replace(REC_H28, name="rec_dw", decay_weighted=True),
+    "rec_cs": replace(REC_H28, name="rec_cs", cap_step=True),
+    "rec_fs": replace(REC_H28, name="rec_fs", floor_step=True),
+    "rec_or3": replace(REC_H28, name="rec_or3", overshoot_run=3),
+    "rec_fsr": replace(REC_H28, name="rec_fsr", floor_step=True, floor_reset=True),
+    "rec_wfp_dw": replace(REC_H28, name="rec_wfp_dw", warmup_free=True, warmup_plain=True,
+                          decay_weighted=True),
     "ho100": Handover(name="ho100", then=REC_H22),
     "ho50": Handover(name="ho50", then=REC_H22, steps=50),
     "rec_p8": replace(REC_H6, name="rec_p8", prime=8.0),
