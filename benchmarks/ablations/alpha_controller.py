@@ -463,6 +463,8 @@ class Gate(Controller):
     # (closure-free) shrink α × overshoot_shrink and cap it at overshoot_cap × α, every time
     overshoot_run_plain: bool = False  # … only without momentum (β₁ = 0)
     overshoot_run_floor: bool = False  # … and the floor's peak falls to the new α
+    tau_sched: float = -1.0  # H33: ≥ 0: τ for every β₁ once the schedule's factor was not 1
+    tau_sched_plain: bool = False  # … only closure-free without momentum (β₁ = 0)
 
     @property
     def uses_scale_slope(self) -> bool:
@@ -541,6 +543,10 @@ class Gate(Controller):
                 if (self.tau_plain >= 0 and self.momentum == 0
                         and (not self.tau_plain_closure or (s["closure"] and self.reject))):
                     tau = self.tau_plain  # H28: aim further past the minimum without momentum
+                if (self.tau_sched >= 0 and s.get("scheduled")
+                        and not (self.tau_sched_plain
+                                 and (s["closure"] or self.momentum != 0))):
+                    tau = self.tau_sched  # H33: a decaying schedule anneals; aim further
                 shifted = bb + tau * aa
                 if self.lagged and cc > 0:
                     # H23: on the quadratic model b(η) = a − c η, the average b̄ is the slope
@@ -681,6 +687,8 @@ class Gate(Controller):
                 s["alpha"] = new
         if self.cap_step:
             s = self._hold_cap_step(s, cap0, obs.schedule)
+        if obs.schedule != 1.0:
+            s["scheduled"] = 1.0
         rise = 1.0
         if (self.warmup_free and obs.schedule > 0
                 and not (self.warmup_plain and self.momentum != 0)):
@@ -879,6 +887,9 @@ CONTROLLERS: dict[str, Controller] = {
     "rec_cs": replace(REC_H28, name="rec_cs", cap_step=True),
     "rec_fs": replace(REC_H28, name="rec_fs", floor_step=True),
     "rec_or3": replace(REC_H28, name="rec_or3", overshoot_run=3),
+    "rec_ts5": replace(REC, name="rec_ts5", tau_sched=0.5),
+    "rec_ts10": replace(REC, name="rec_ts10", tau_sched=1.0),
+    "rec_ts5p": replace(REC, name="rec_ts5p", tau_sched=0.5, tau_sched_plain=True),
     "rec_fsr": replace(REC_H28, name="rec_fsr", floor_step=True, floor_reset=True),
     "rec_wfp_dw": replace(REC_H28, name="rec_wfp_dw", warmup_free=True, warmup_plain=True,
                           decay_weighted=True),
