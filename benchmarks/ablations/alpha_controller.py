@@ -414,6 +414,7 @@ class Gate(Controller):
     relax_gated: float = 1.0  # H14: … by this factor on each step whose growth passed the gate
     brake: float = 0.0  # > 0: shrink when the fast average of A/α exceeds brake × the slow one
     brake_factor: float = 0.5
+    brake_plain: bool = False  # H34: the brake only closure-free without momentum (β₁ = 0)
     rho_rel: bool = False  # phase 1 stops at rho_stop × the initial ratio ρ₀
     kg: float = -math.inf  # grow only when the shifted slope is kg s.d. above 0
     prime: float = 0.0  # > 0 (H9a): the ratchet's cap starts at prime × the α where phase 1 ended
@@ -538,7 +539,9 @@ class Gate(Controller):
                 _Ema.update(s, "af", a, 0.5)
                 _Ema.update(s, "as", a, 0.95)
                 blowup = (self.brake > 0 and s["n"] > 4
-                          and s["af"] > self.brake * _Ema.mean(s, "as", 0.95))
+                          and s["af"] > self.brake * _Ema.mean(s, "as", 0.95)
+                          and not (self.brake_plain
+                                   and (s["closure"] or self.momentum != 0)))
                 tau = self.tau0 * (1 - self.momentum) ** self.power
                 if (self.tau_plain >= 0 and self.momentum == 0
                         and (not self.tau_plain_closure or (s["closure"] and self.reject))):
@@ -890,6 +893,9 @@ CONTROLLERS: dict[str, Controller] = {
     "rec_ts5": replace(REC, name="rec_ts5", tau_sched=0.5),
     "rec_ts10": replace(REC, name="rec_ts10", tau_sched=1.0),
     "rec_ts5p": replace(REC, name="rec_ts5p", tau_sched=0.5, tau_sched_plain=True),
+    "rec_b10": replace(REC, name="rec_b10", brake=10.0),
+    "rec_b3": replace(REC, name="rec_b3", brake=3.0),
+    "rec_b3p": replace(REC, name="rec_b3p", brake=3.0, brake_plain=True),
     "rec_fsr": replace(REC_H28, name="rec_fsr", floor_step=True, floor_reset=True),
     "rec_wfp_dw": replace(REC_H28, name="rec_wfp_dw", warmup_free=True, warmup_plain=True,
                           decay_weighted=True),
