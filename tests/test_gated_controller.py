@@ -340,23 +340,33 @@ def test_a_run_of_overshoots_under_a_rising_warmup_steps_back_again(monkeypatch)
     assert old.loss > 1e6 * start
 
 
-def test_a_run_of_overshoots_needs_three_in_a_row_without_momentum():
-    """The rule in isolation: from phase 2 after the first overshoot, ρ = −2 twice, then a
-    quiet step (the count restarts), then three in a row: α × ½, the cap at 0.9 α and the
-    floor's peak at α. With β₁ = 0.9 nothing acts."""
+@pytest.mark.parametrize("device", [None, torch.device("cpu")], ids=["host", "tensor"])
+def test_a_run_of_overshoots_needs_three_in_a_row_without_momentum(device):
+    """The rule in isolation, on Python floats and on 0-d tensors: from phase 2 after the
+    first overshoot, ρ = −2 twice, then a quiet step (the count restarts), then three in a
+    row: α × ½, the cap at 0.9 α and the floor's peak at α. With β₁ = 0.9 nothing acts."""
     options = newt.NewtOptimizer(torch.optim.SGD([nn.Parameter(torch.ones(1))], lr=1.0),
                                  controller="gated")._all_options()[0]
-    base = rule.gated_init(None)._replace(started=True, phase=2, shot=True, peak=10.0, count=20,
-                           mean_b=0.0, mean_b2=1e6, mean_a=1.0, mean_c=1.0, free=True)
+
+    def value(x):  # a host scalar, or a 0-d tensor of the state's kind
+        if device is None:
+            return x
+        dtype = {bool: torch.bool, int: torch.int64}.get(type(x), torch.float64)
+        return torch.tensor(x, dtype=dtype, device=device)
+
+    base = rule.gated_init(device)._replace(
+        started=value(True), phase=value(2), shot=value(True), peak=value(10.0),
+        count=value(20), mean_b=value(0.0), mean_b2=value(1e6), mean_a=value(1.0),
+        mean_c=value(1.0), free=value(True))
 
     def run(momentum: float, ratios: list[float]) -> list[tuple[float, float, float]]:
-        state, alpha, out = base, 4.0, []
+        state, alpha, out = base, value(4.0), []
         for rho in ratios:
-            state = state._replace(pending=True, slope=1.0, step=alpha)
+            state = state._replace(pending=value(True), slope=value(1.0), step=alpha)
             state, decision = rule.gated_before_step(
-                state, rule.Probe(rho, True, momentum), alpha, options)
+                state, rule.Probe(value(rho), value(True), momentum), alpha, options)
             alpha = decision.alpha
-            out.append((alpha, state.cap, state.peak))
+            out.append((float(alpha), float(state.cap), float(state.peak)))
         return out
 
     plain = run(0.0, [-2.0, -2.0, 0.5, -2.0, -2.0, -2.0])
