@@ -415,6 +415,7 @@ class Gate(Controller):
     brake: float = 0.0  # > 0: shrink when the fast average of A/α exceeds brake × the slow one
     brake_factor: float = 0.5
     brake_plain: bool = False  # H34: the brake only closure-free without momentum (β₁ = 0)
+    brake_growing: bool = False  # H35: … and only on a step whose gated factor would grow α
     rho_rel: bool = False  # phase 1 stops at rho_stop × the initial ratio ρ₀
     kg: float = -math.inf  # grow only when the shifted slope is kg s.d. above 0
     prime: float = 0.0  # > 0 (H9a): the ratchet's cap starts at prime × the α where phase 1 ended
@@ -566,7 +567,8 @@ class Gate(Controller):
                     f = 1.0 if shifted >= -self.k * sd else max(f, self.dec ** (1 / self.gamma))
                 elif shifted <= self.kg * sd:
                     f = 1.0
-                if blowup:  # |A|/α jumped above its slow average: the run is blowing up
+                if blowup and (f > 1 or not self.brake_growing):
+                    # |A|/α jumped above its slow average: the run is blowing up
                     f = self.brake_factor ** (1 / self.gamma)
                 new = _clamp(s["alpha"] * f**self.gamma, self.lr_min, self.lr_max)
                 if self.ratchet > 0:
@@ -896,6 +898,7 @@ CONTROLLERS: dict[str, Controller] = {
     "rec_b10": replace(REC, name="rec_b10", brake=10.0),
     "rec_b3": replace(REC, name="rec_b3", brake=3.0),
     "rec_b3p": replace(REC, name="rec_b3p", brake=3.0, brake_plain=True),
+    "rec_b3g": replace(REC, name="rec_b3g", brake=3.0, brake_plain=True, brake_growing=True),
     "rec_fsr": replace(REC_H28, name="rec_fsr", floor_step=True, floor_reset=True),
     "rec_wfp_dw": replace(REC_H28, name="rec_wfp_dw", warmup_free=True, warmup_plain=True,
                           decay_weighted=True),
