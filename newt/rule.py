@@ -848,19 +848,17 @@ def gated_before_step(state: GatedState, probe: Probe, alpha: Scalar,
     proposed = xp.clamp(a * xp.pow(f, GATED_GAMMA), GATED_LR_MIN, GATED_LR_MAX)
     cap = xp.where(f < 1, xp.minimum(state.cap, GATED_RATCHET * a), state.cap)
     proposed = xp.where(f > 1, xp.minimum(proposed, xp.maximum(cap, a)), proposed)
-    # the first fresh overshoot without momentum, closure-free: cap and step back (H11)
-    shot = (state.free & (probe.momentum == 0) & xp.not_(state.shot)
-            & (B / safe_A < GATED_OVERSHOOT))
-    cap = xp.where(shot, xp.minimum(cap, GATED_RATCHET * a), cap)
-    proposed = xp.where(shot, xp.minimum(proposed, GATED_OVERSHOOT_SHRINK * a), proposed)
-    # a run of fresh overshoots is a blow-up under way, whose growing spread keeps the gate
-    # shut (a rising warmup carries a held α there): act again, every third in a row (H32)
+    # a fresh overshoot without momentum, closure-free: the first of the run (H11), and
+    # every third in a row after it, a blow-up under way whose growing spread keeps the
+    # gate shut (a rising warmup carries a held α there; H32): cap and step back
     over = state.free & (probe.momentum == 0) & (B / safe_A < GATED_OVERSHOOT)
+    shot = over & xp.not_(state.shot)
     overshoots = xp.where(over, state.overshoots + 1, xp.const(0, state.overshoots))
     run = overshoots >= GATED_OVERSHOOT_RUN
     overshoots = xp.where(run, xp.const(0, state.overshoots), overshoots)
-    cap = xp.where(run, xp.minimum(cap, GATED_RATCHET * a), cap)
-    proposed = xp.where(run, xp.minimum(proposed, GATED_OVERSHOOT_SHRINK * a), proposed)
+    act = shot | run
+    cap = xp.where(act, xp.minimum(cap, GATED_RATCHET * a), cap)
+    proposed = xp.where(act, xp.minimum(proposed, GATED_OVERSHOOT_SHRINK * a), proposed)
     # a gradient scale that stops falling, closure-free with momentum (H22): over windows
     # of 100, 150, 225, … updates, a converging run's a ∝ t^(−p) has a mean log a that
     # falls by p log 1.5 per window; unless it falls by log 1.5 (p ≥ 1), step down
@@ -884,7 +882,7 @@ def gated_before_step(state: GatedState, probe: Probe, alpha: Scalar,
     safeguard = xp.where(
         xp.not_(finite), int(Safeguard.SKIPPED), xp.where(
             grow, int(Safeguard.GROWTH), xp.where(
-                newton & (shot | run), int(Safeguard.OVERSHOOT), xp.where(
+                newton & act, int(Safeguard.OVERSHOOT), xp.where(
                     stall, int(Safeguard.STALL), xp.where(
                         newton & (f == 1), int(Safeguard.GATED), xp.where(
                             newton, int(Safeguard.NEWTON), int(Safeguard.FIRST_STEP)))))))

@@ -19,7 +19,7 @@ from torch import nn
 import newt
 from benchmarks.ablations import alpha_controller as ac
 from newt import rule
-from newt.problems import Problem
+from newt.problems import Point, Problem, _minibatches, _no_grad_float
 
 DIM, HIDDEN, SAMPLES, BATCH = 6, 8, 256, 32
 
@@ -68,28 +68,15 @@ def _quadratic() -> Problem:
     hessian = rotation.T @ torch.diag(eig) @ rotation
     x = 0.6 * torch.randn(samples, dim, generator=gen, dtype=torch.float64)
 
-    def init(seed: int) -> nn.Module:
-        module = nn.Module()
-        module.theta = nn.Parameter(torch.ones(dim, dtype=torch.float64))
-        return module
-
-    def loss(model: nn.Module, batch: tuple[torch.Tensor]) -> torch.Tensor:
-        diff = model.theta - batch[0]
+    def mean_loss(theta: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
+        diff = theta - points
         return 0.5 * ((diff @ hessian) * diff).sum(dim=1).mean()
 
-    def batches(seed: int) -> Iterator[tuple[torch.Tensor]]:
-        g = torch.Generator().manual_seed(seed)
-        while True:
-            order = torch.randperm(samples, generator=g)
-            for i in range(0, samples - batch + 1, batch):
-                yield (x[order[i:i + batch]],)
-
-    def train_loss(model: nn.Module) -> float:
-        with torch.no_grad():
-            return float(loss(model, (x,)))
-
-    return Problem(name="quadratic", init=init, loss=loss, batches=batches,
-                   train_loss=train_loss, stochastic=True, dtype=torch.float64)
+    return Problem(name="quadratic", init=lambda seed: Point(torch.ones(dim, dtype=torch.float64)),
+                   loss=lambda model, batch: mean_loss(model.theta, batch[0]),
+                   batches=_minibatches((x,), batch),
+                   train_loss=_no_grad_float(lambda model: mean_loss(model.theta, x)),
+                   stochastic=True, dtype=torch.float64)
 
 
 PROBLEM = _problem()

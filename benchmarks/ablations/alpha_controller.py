@@ -692,7 +692,7 @@ class Gate(Controller):
                 s["alpha"] = new
         if self.cap_step:
             s = self._hold_cap_step(s, cap0, obs.schedule)
-        if obs.schedule != 1.0:
+        if self.tau_sched >= 0 and obs.schedule != 1.0:
             s["scheduled"] = 1.0
         rise = 1.0
         if (self.warmup_free and obs.schedule > 0
