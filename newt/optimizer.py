@@ -756,10 +756,12 @@ class NewtOptimizer(Optimizer):
             fresh_value = _value(fresh, host)
             xp = scalars.ops(fresh_value)
             alpha = self._alpha(a.group, a.state, a.state.device)
-            momentum = _momentum(a.group) if a.options.controller != "newton" else 0.0
+            gated = a.options.controller != "newton"
+            momentum = _momentum(a.group) if gated else 0.0
+            scale = self._scale(a.group, host) if gated else 1.0
             a.state.rule, decision = rule.before_step(
-                a.state.rule, Probe(fresh_value, xp.isfinite(fresh_value), momentum), alpha,
-                a.options)
+                a.state.rule, Probe(fresh_value, xp.isfinite(fresh_value), momentum, scale),
+                alpha, a.options)
             self._carry_out(a, decision)
             flags.append(decision.accept)
         take: Scalar = True

@@ -355,6 +355,9 @@ class Probe(NamedTuple):
     momentum: float = 0.0
     """β₁ of the inner optimizer (``betas[0]`` or ``momentum``; 0 if none), read by the
     optimizer for the gated controller (``controller="gated"`` or ``"auto"``) only."""
+    scale: Scalar = 1.0
+    """The schedule's factor s = lr / initial_lr of the step about to be taken (1
+    unscheduled); the gated controller compares it with the largest so far (H35)."""
 
 
 class Outcome(NamedTuple):
@@ -615,6 +618,12 @@ scale that stalls), α × GATED_STALL_FACTOR and the cap follows (H22). The one 
 both the growth of the windows and the fall asked for, so that the test is p ≥ 1 at every
 scale (the harness keeps them apart as ``stall_grow`` and ``stall_drop``)."""
 GATED_STALL_FACTOR = 0.8
+GATED_HOLD_AFTER = 100
+"""Under a decaying schedule (the factor of the step about to be taken below the largest so
+far), once phase 2 has had this many updates, neither a gated decrease nor a stall step-down
+lowers α: the schedule is the run's decay, and the rule's own decrease at the noise floor
+would decay it twice (docs/design/alpha.md, H35). Earlier, a decrease still corrects an
+overshoot of phase 1's doubling, which ends near a warmup's peak."""
 
 
 AUTO_QUIET = 1e-3
@@ -693,6 +702,8 @@ class GatedState(NamedTuple):
     overshoots: Scalar = 0
     """int64: phase-2 fresh ratios ρ < `GATED_OVERSHOOT` in a row, closure-free without
     momentum (H32; back to 0 at each `GATED_OVERSHOOT_RUN`-th)."""
+    scale_peak: Scalar = 0.0
+    """The largest schedule factor s of the steps so far (H35; 1 unscheduled)."""
 
 
 def gated_init(device: torch.device | None) -> GatedState:
@@ -704,7 +715,7 @@ def gated_init(device: torch.device | None) -> GatedState:
                       mean_a=zero, mean_c=zero, count=izero, updates=izero, free=false,
                       shot=false, stall_sum=zero, stall_count=izero,
                       stall_window=zero + GATED_STALL_WINDOW, stall_mean=nan,
-                      overshoots=izero)
+                      overshoots=izero, scale_peak=zero)
 
 
 def auto_init(device: torch.device | None) -> GatedState:
@@ -800,7 +811,10 @@ def gated_before_step(state: GatedState, probe: Probe, alpha: Scalar,
       at the end of each window of $W_k = 100 \cdot 1.5^k$ updates ($k \ge 1$) whose mean
       of $\log a$ did not fall by $\log 1.5$ from the previous window's (a converging
       $a \propto t^{-p}$ falls by $p \log 1.5$), $\alpha' \leftarrow \min(\alpha',
-      0.8\alpha)$ and the cap follows (H22); α never falls below 0.3 × the phase-2 peak.
+      0.8\alpha)$ and the cap follows (H22); α never falls below 0.3 × the phase-2 peak;
+      while the schedule's factor $s$ of the step about to be taken is below the largest
+      so far and phase 2 has had 100 updates, neither a gated decrease nor a stall
+      step-down applies (H35: the schedule decays the step).
 
     A non-finite gradient skips the step, divides α by 10 and ends phase 1.
     """
@@ -817,6 +831,11 @@ def gated_before_step(state: GatedState, probe: Probe, alpha: Scalar,
     safe_eta = xp.where(usable, eta, one)
     grow = usable & (state.phase == 1) & (B / safe_A > GATED_RHO_STOP)
     newton = usable & xp.not_(grow)
+    # H35: a schedule past its peak decays the step; after the first updates of phase 2
+    # (which still correct an overshoot of the doubling) the rule does not decay it again
+    scale = xp.real(probe.scale, like=A)
+    scale_peak = xp.maximum(state.scale_peak, scale)
+    held = (scale < scale_peak) & (state.count >= GATED_HOLD_AFTER)
 
     # phase 2: the scale-free values of the pending step, averaged
     beta = GATED_BETA
@@ -842,7 +861,7 @@ def gated_before_step(state: GatedState, probe: Probe, alpha: Scalar,
     decrease = f < 1
     f = xp.where(
         decrease,
-        xp.where(shifted >= -GATED_K_DOWN * sd, one,
+        xp.where((shifted >= -GATED_K_DOWN * sd) | held, one,
                  xp.clamp(f, lo=GATED_DECREASE ** (1 / GATED_GAMMA))),
         xp.where(shifted <= GATED_K_UP * sd, one, f))
     proposed = xp.clamp(a * xp.pow(f, GATED_GAMMA), GATED_LR_MIN, GATED_LR_MAX)
@@ -862,7 +881,7 @@ def gated_before_step(state: GatedState, probe: Probe, alpha: Scalar,
     # a gradient scale that stops falling, closure-free with momentum (H22): over windows
     # of 100, 150, 225, … updates, a converging run's a ∝ t^(−p) has a mean log a that
     # falls by p log 1.5 per window; unless it falls by log 1.5 (p ≥ 1), step down
-    counted = newton & state.free & (probe.momentum > 0) & (aa > 0)
+    counted = newton & state.free & (probe.momentum > 0) & (aa > 0) & xp.not_(held)
     stall_sum = state.stall_sum + xp.where(counted, xp.log(xp.where(counted, aa, one)), 0.0)
     stall_count = state.stall_count + xp.integer(counted)
     full = counted & (stall_count >= state.stall_window)
@@ -908,7 +927,7 @@ def gated_before_step(state: GatedState, probe: Probe, alpha: Scalar,
         stall_window=xp.where(full, GATED_STALL_GROWTH * state.stall_window,
                               state.stall_window),
         stall_mean=xp.where(full, window_mean, state.stall_mean),
-        overshoots=xp.where(newton, overshoots, state.overshoots))
+        overshoots=xp.where(newton, overshoots, state.overshoots), scale_peak=scale_peak)
     return new_state, decision
 
 

@@ -138,12 +138,12 @@ def _core(inner: str, alpha0: float, *, closure: bool, steps: int, seed: int = 0
 
 def _harness(inner: str, alpha0: float, *, closure: bool, steps: int,
              monkeypatch: pytest.MonkeyPatch, schedule=None,
-             problem: Problem = PROBLEM) -> ac.RunOut:
+             problem: Problem = PROBLEM, controller: ac.Gate = ac.REC) -> ac.RunOut:
     monkeypatch.setattr(ac, "problem", lambda name: problem)
     monkeypatch.setitem(ac.INNER, inner, INNERS[inner])
     evals = 2 * steps if closure else steps
-    return ac.train(problem.name, inner, ac.for_inner(ac.REC, inner), alpha0, closure=closure,
-                    evals=evals, seed=0, schedule=schedule)
+    return ac.train(problem.name, inner, ac.for_inner(controller, inner), alpha0,
+                    closure=closure, evals=evals, seed=0, schedule=schedule)
 
 
 @pytest.mark.parametrize("closure", [False, True], ids=["free", "closure"])
@@ -299,6 +299,34 @@ def test_under_a_schedule_matches_the_harness(inner, closure, monkeypatch):
                              schedule=ac.cosine)
     assert uncompensated.alphas != pytest.approx(ref.alphas, rel=1e-3)
     assert int(opt._states[0].rule.phase) == 2
+
+
+@pytest.mark.parametrize(("problem", "closure"), [(NOISE, False), (NOISE, True),
+                                                 (PROBLEM, True)],
+                         ids=["noise-free", "noise-closure", "tiny-closure"])
+def test_a_decaying_schedule_holds_alpha_after_the_first_updates(problem, closure,
+                                                                 monkeypatch):
+    """H35, Adam under warmup + cosine: past the schedule's peak and 100 phase-2 updates,
+    the gated rule no longer lowers α (the schedule decays the step). The core takes the
+    harness's steps; the rule without the hold (``rec_h32``) lowers α in the same run, and
+    ends at a higher loss."""
+    steps = 300
+    used, model, opt = _core("Adam", 1e-2, closure=closure, steps=steps, schedule=ac.cosine,
+                             problem=problem)
+    ref = _harness("Adam", 1e-2, closure=closure, steps=steps, monkeypatch=monkeypatch,
+                   schedule=ac.cosine, problem=problem)
+    factors = [ac.cosine(t / steps) for t in range(steps)]
+    assert used == pytest.approx([a * f for a, f in zip(ref.alphas, factors, strict=True)],
+                                 rel=1e-9, abs=0)
+    unheld = _harness("Adam", 1e-2, closure=closure, steps=steps, monkeypatch=monkeypatch,
+                      schedule=ac.cosine, problem=problem, controller=ac.REC_H32)
+    late = [t for t, (a, b) in enumerate(zip(ref.alphas, unheld.alphas, strict=True))
+            if not math.isclose(a, b, rel_tol=1e-6)]
+    assert late and late[0] > steps // 4  # the runs part only once the hold can act
+    assert min(ref.alphas[late[0]:]) > min(unheld.alphas[late[0]:])
+    assert problem.train_loss(model) < unheld.loss
+    state = opt._states[0].rule
+    assert int(state.count) > rule.GATED_HOLD_AFTER and float(state.scale_peak) == 1.0
 
 
 def test_a_run_of_overshoots_under_a_rising_warmup_steps_back_again(monkeypatch):
@@ -480,14 +508,50 @@ def test_the_first_fresh_overshoot_caps_and_shrinks_only_without_momentum_closur
         assert decision.alpha == reference.alpha
 
 
+def _on_device(state: rule.GatedState) -> rule.GatedState:
+    """A host state's fields as 0-d CPU tensors (bool, int64 or float64), the tensor path."""
+    def tensor(v):
+        if isinstance(v, bool):
+            return torch.tensor(v)
+        return torch.tensor(v, dtype=torch.int64 if isinstance(v, int) else torch.float64)
+    return rule.GatedState(*(tensor(v) for v in state))
+
+
+@pytest.mark.parametrize("host", [True, False], ids=["host", "tensor"])
+@pytest.mark.parametrize(("scale", "count", "held"),
+                         [(0.5, 150, True), (1.0, 150, False), (0.5, 50, False)],
+                         ids=["decaying", "at-peak", "early"])
+def test_a_significant_decrease_is_held_once_the_schedule_decays(scale, count, held, host):
+    """H35 on one update (β₁ = 0.9, closure-free; b̄ = −1 with no spread, so the decrease is
+    significant and capped at ×0.8): below the schedule's peak so far and after 100
+    phase-2 updates, α and the cap stay; at the peak, or earlier in phase 2, α falls to
+    0.4 and the cap to 0.45."""
+    options = newt.NewtOptimizer(torch.optim.Adam([nn.Parameter(torch.ones(1))], lr=0.5),
+                                 controller="gated")._all_options()[0]
+    state = _phase2(count=count, mean_b=-1.0, scale_peak=1.0)
+    probe = rule.Probe(-0.8, True, 0.9, scale)  # ρ = −0.8: no overshoot, and β₁ > 0 anyway
+    alpha: float | torch.Tensor = 0.5
+    if not host:
+        state, alpha = _on_device(state), torch.tensor(0.5, dtype=torch.float64)
+        probe = rule.Probe(torch.tensor(-0.8, dtype=torch.float64), torch.tensor(True), 0.9,
+                           torch.tensor(scale, dtype=torch.float64))
+    new, decision = rule.gated_before_step(state, probe, alpha, options)
+    assert float(decision.alpha) == pytest.approx(0.5 if held else 0.4)
+    assert float(new.cap) == (math.inf if held else pytest.approx(0.45))
+    assert int(decision.safeguard) == (rule.Safeguard.GATED if held else rule.Safeguard.NEWTON)
+    assert float(new.scale_peak) == 1.0
+
+
 @pytest.mark.parametrize("host", [True, False], ids=["host", "tensor"])
 def test_a_checkpoint_saved_before_the_overshoot_fields_loads(host):
     """A gated state_dict without ``free`` and ``shot`` (saved before H11) or the stall
-    fields (before H22) loads, with their defaults; the state then round-trips with them."""
+    fields (before H22), the overshoot run (H32) or the schedule's peak (H35) loads, with
+    their defaults; the state then round-trips with them."""
     _, model, opt = _core("SGD", 0.3, closure=False, steps=150)
     saved = opt.state_dict()
     assert bool(saved["newt"]["groups"][0]["rule"]["shot"])  # this run met its overshoot
-    for key in ("free", "shot", "stall_sum", "stall_count", "stall_window", "stall_mean"):
+    for key in ("free", "shot", "stall_sum", "stall_count", "stall_window", "stall_mean",
+                "overshoots", "scale_peak"):
         del saved["newt"]["groups"][0]["rule"][key]
     fresh = newt.NewtOptimizer(torch.optim.SGD(model.parameters(), lr=0.3), controller="gated")
     fresh._host_scalars = host
@@ -495,6 +559,7 @@ def test_a_checkpoint_saved_before_the_overshoot_fields_loads(host):
     rule_state = fresh._states[0].rule
     assert not bool(rule_state.free) and not bool(rule_state.shot)
     assert float(rule_state.stall_window) == 100 and math.isnan(float(rule_state.stall_mean))
+    assert int(rule_state.overshoots) == 0 and float(rule_state.scale_peak) == 0.0
     assert isinstance(rule_state.shot, torch.Tensor) is (not host)
     again = newt.NewtOptimizer(torch.optim.SGD(model.parameters(), lr=0.3), controller="gated")
     again.load_state_dict(opt.state_dict())

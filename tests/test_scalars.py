@@ -78,11 +78,11 @@ def test_controller_is_the_same_on_floats_and_tensors(kind, steps, closure, mome
     host, device = _state(kind, None), _state(kind, torch.device("cpu"))
     alpha_host, alpha_device = 1e-2, torch.tensor(1e-2, dtype=torch.float64)
     for fresh, slope, finite, rose, lookahead, scale in steps:
-        host, d_host = rule.before_step(host, Probe(fresh, finite, momentum), alpha_host,
-                                        options)
+        host, d_host = rule.before_step(host, Probe(fresh, finite, momentum, scale),
+                                        alpha_host, options)
         device, d_device = rule.before_step(
-            device, Probe(*tensors(fresh), torch.tensor(finite), momentum), alpha_device,
-            options)
+            device, Probe(*tensors(fresh), torch.tensor(finite), momentum, *tensors(scale)),
+            alpha_device, options)
         for x, y in zip(d_host, d_device, strict=True):
             assert same(x, y)
         alpha_host, alpha_device = d_host.alpha, d_device.alpha

@@ -467,6 +467,12 @@ class Gate(Controller):
     overshoot_run_floor: bool = False  # … and the floor's peak falls to the new α
     tau_sched: float = -1.0  # H33: ≥ 0: τ for every β₁ once the schedule's factor was not 1
     tau_sched_plain: bool = False  # … only closure-free without momentum (β₁ = 0)
+    sched_hold: int = 0  # H35: while the schedule's factor is below its peak so far, 1: no
+    # stall step-down (the schedule is the run's decay), 2: no gated decrease either, 3: no
+    # gated change at all (α holds the scale it had at the schedule's peak), 4: as 2 unless
+    # the averaged fresh ratio b̄/ā is below −1 (the averaged step is past the stability edge)
+    sched_hold_below: float = 1.0  # … "below its peak" is below this fraction of the peak
+    sched_hold_after: float = 0.0  # … and only after this many phase-2 updates
 
     @property
     def uses_scale_slope(self) -> bool:
@@ -483,6 +489,11 @@ class Gate(Controller):
     def before_step(self, state: State, obs: Before) -> tuple[State, float]:
         s = dict(state)
         cap0 = s.get("ceiling", math.inf)
+        decaying = False
+        if self.sched_hold:
+            s["shmax"] = max(s.get("shmax", 0.0), obs.schedule)
+            decaying = (obs.schedule < self.sched_hold_below * s["shmax"]
+                        and s["n"] >= self.sched_hold_after)
         if not obs.finite:
             s["alpha"] = max(s["alpha"] * 0.1, self.lr_min)
             s["phase"] = 2.0
@@ -565,7 +576,12 @@ class Gate(Controller):
                 f = _clamp(f, 0.5, self.inc)
                 if f < 1:
                     f = 1.0 if shifted >= -self.k * sd else max(f, self.dec ** (1 / self.gamma))
+                    if decaying and (self.sched_hold in (2, 3)
+                                     or (self.sched_hold == 4 and bb >= -aa)):
+                        f = 1.0  # H35: the schedule does the decay
                 elif shifted <= self.kg * sd:
+                    f = 1.0
+                if decaying and self.sched_hold == 3:
                     f = 1.0
                 if blowup and (f > 1 or not self.brake_growing):
                     # |A|/α jumped above its slow average: the run is blowing up
@@ -630,7 +646,7 @@ class Gate(Controller):
                         new = min(new, self.overshoot_shrink * s["alpha"])
                         if self.overshoot_run_floor:
                             s["peak"] = min(s.get("peak", 0.0), new)
-                if (self.stall > 0 and a > 0
+                if (self.stall > 0 and a > 0 and not decaying
                         and not (self.stall_momentum
                                  and (s["closure"] or self.momentum == 0))):
                     # a stalled gradient scale (a = A/η not falling over a window) reads as
@@ -833,15 +849,21 @@ H23–H28 variants."""
 REC_H28 = replace(REC_H22, name="rec_h28", tau_plain=0.4, tau_plain_closure=True)
 """``rec_h22`` with τ = 0.4 for closure steps without momentum (the closure-mode half of
 ``rec_tp4``, H28)."""
-REC = replace(REC_H28, name="rec", overshoot_run=3, overshoot_run_plain=True,
-              overshoot_run_floor=True)
-"""The recommended controller (docs/design/alpha.md, section 4): ``rec_h28`` with H32's run of
-three fresh overshoots (closure-free, without momentum) acting as a blow-up, every time."""
+REC_H32 = replace(REC_H28, name="rec_h32", overshoot_run=3, overshoot_run_plain=True,
+                  overshoot_run_floor=True)
+"""``rec_h28`` with H32's run of three fresh overshoots (closure-free, without momentum)
+acting as a blow-up, every time: the recommended controller until H35, named ``rec`` in the
+record's tables of H32–H35; the base of the H33–H35 variants."""
+REC = replace(REC_H32, name="rec", sched_hold=2, sched_hold_after=100)
+"""The recommended controller (docs/design/alpha.md, section 4): ``rec_h32`` with H35's hold
+(``rec_sh2a100``): while a schedule's factor is below its peak so far, and after 100 phase-2
+updates, neither a gated decrease nor a stall step-down lowers α (the schedule decays)."""
 
 CONTROLLERS: dict[str, Controller] = {
     "rec": REC,
     "rec_h22": REC_H22,
     "rec_h28": REC_H28,
+    "rec_h32": REC_H32,
     "rec_h11": REC_H11,
     "rec_lag": replace(REC_H22, name="rec_lag", lagged=True),
     "rec_r_gm07": replace(REC_H22, name="rec_r_gm07", rho_rel=True, grow_max=2 ** 0.1),
@@ -892,13 +914,21 @@ CONTROLLERS: dict[str, Controller] = {
     "rec_cs": replace(REC_H28, name="rec_cs", cap_step=True),
     "rec_fs": replace(REC_H28, name="rec_fs", floor_step=True),
     "rec_or3": replace(REC_H28, name="rec_or3", overshoot_run=3),
-    "rec_ts5": replace(REC, name="rec_ts5", tau_sched=0.5),
-    "rec_ts10": replace(REC, name="rec_ts10", tau_sched=1.0),
-    "rec_ts5p": replace(REC, name="rec_ts5p", tau_sched=0.5, tau_sched_plain=True),
-    "rec_b10": replace(REC, name="rec_b10", brake=10.0),
-    "rec_b3": replace(REC, name="rec_b3", brake=3.0),
-    "rec_b3p": replace(REC, name="rec_b3p", brake=3.0, brake_plain=True),
-    "rec_b3g": replace(REC, name="rec_b3g", brake=3.0, brake_plain=True, brake_growing=True),
+    "rec_ts5": replace(REC_H32, name="rec_ts5", tau_sched=0.5),
+    "rec_ts10": replace(REC_H32, name="rec_ts10", tau_sched=1.0),
+    "rec_ts5p": replace(REC_H32, name="rec_ts5p", tau_sched=0.5, tau_sched_plain=True),
+    "rec_b10": replace(REC_H32, name="rec_b10", brake=10.0),
+    "rec_b3": replace(REC_H32, name="rec_b3", brake=3.0),
+    "rec_b3p": replace(REC_H32, name="rec_b3p", brake=3.0, brake_plain=True),
+    "rec_b3g": replace(REC_H32, name="rec_b3g", brake=3.0, brake_plain=True, brake_growing=True),
+    "rec_sh1": replace(REC_H32, name="rec_sh1", sched_hold=1),
+    "rec_sh2": replace(REC_H32, name="rec_sh2", sched_hold=2),
+    "rec_sh3": replace(REC_H32, name="rec_sh3", sched_hold=3),
+    "rec_sh4": replace(REC_H32, name="rec_sh4", sched_hold=4),
+    "rec_sh2_9": replace(REC_H32, name="rec_sh2_9", sched_hold=2, sched_hold_below=0.9),
+    "rec_sh2_5": replace(REC_H32, name="rec_sh2_5", sched_hold=2, sched_hold_below=0.5),
+    "rec_sh2a50": replace(REC_H32, name="rec_sh2a50", sched_hold=2, sched_hold_after=50),
+    "rec_sh2a100": replace(REC_H32, name="rec_sh2a100", sched_hold=2, sched_hold_after=100),
     "rec_fsr": replace(REC_H28, name="rec_fsr", floor_step=True, floor_reset=True),
     "rec_wfp_dw": replace(REC_H28, name="rec_wfp_dw", warmup_free=True, warmup_plain=True,
                           decay_weighted=True),
@@ -1225,11 +1255,19 @@ def evaluate(controller: Controller, prob_name: str, inner: str, closure: bool, 
                 cell.ratios.append(out.loss - ref["decade_loss"])
                 cell.fine.append(out.loss - ref["best_loss"])
             else:
-                cell.ratios.append(out.loss / ref["decade_loss"])
-                cell.fine.append(out.loss / ref["best_loss"])
+                cell.ratios.append(_ratio(out.loss, ref["decade_loss"]))
+                cell.fine.append(_ratio(out.loss, ref["best_loss"]))
             cell.final_alpha.append(out.alphas[-1])
             cell.rejects.append(out.rejects)
     return cell
+
+
+LOSS_FLOOR = 1e-12  # objective values below this are float32 round-off (CNN Adam + cosine: 0)
+
+
+def _ratio(loss: float, ref: float) -> float:
+    """``loss / ref``, both floored at `LOSS_FLOOR` so that a reference of exactly 0 is a ratio."""
+    return max(loss, LOSS_FLOOR) / max(ref, LOSS_FLOOR)
 
 
 def _fmt(x: float) -> str:
@@ -1287,7 +1325,7 @@ def per_alpha0_table(controllers: Sequence[Controller], prob_name: str, evals: i
                         ref = baseline(prob_name, inner, evals, seed)
                         out = train(prob_name, inner, tuned, a0, closure=mode, evals=evals,
                                     seed=seed)
-                        ratios.append(_fmt(out.loss / ref["decade_loss"]))
+                        ratios.append(_fmt(_ratio(out.loss, ref["decade_loss"])))
                         finals.append(out.alphas[-1])
                     cols.append("/".join(ratios) + f" [{min(finals):.2g}–{max(finals):.2g}]")
                 lines.append(f"| {c.name} | {inner} {'closure' if mode else 'free'} | "
@@ -1338,8 +1376,8 @@ def trace_table(controller: Controller, prob_name: str, inner: str, closure: boo
         out = train(prob_name, inner, controller, alpha0, closure=closure, evals=evals,
                     seed=seed, checkpoints=checkpoints)
         ref = baseline(prob_name, inner, evals, seed)
-        ratio = _fmt(out.loss / ref["decade_loss"])
-        fine = _fmt(out.loss / ref["best_loss"])
+        ratio = _fmt(_ratio(out.loss, ref["decade_loss"]))
+        fine = _fmt(_ratio(out.loss, ref["best_loss"]))
         lines.append(f"seed {seed}: final {out.loss:.3g} (ratio {ratio}, fine {fine}), "
                      f"rejects {out.rejects}; "
                      + ", ".join(f"t{t}: α {a:.2g} L {v:.2g}" for t, a, v in out.stats["curve"]))
