@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import io
 import math
-from collections.abc import Iterator
 from dataclasses import replace
 
 import pytest
@@ -39,22 +38,13 @@ def _problem(noise: bool = False) -> Problem:
         torch.manual_seed(seed)
         return nn.Sequential(nn.Linear(DIM, HIDDEN), nn.Tanh(), nn.Linear(HIDDEN, 1)).double()
 
-    def loss(model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    def loss(model: nn.Module, batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
         return 0.5 * (model(batch[0]) - batch[1]).pow(2).mean()
 
-    def batches(seed: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        g = torch.Generator().manual_seed(seed)
-        while True:
-            order = torch.randperm(SAMPLES, generator=g)
-            for i in range(0, SAMPLES - BATCH + 1, BATCH):
-                yield x[order[i:i + BATCH]], y[order[i:i + BATCH]]
-
-    def train_loss(model: nn.Module) -> float:
-        with torch.no_grad():
-            return float(loss(model, (x, y)))
-
-    return Problem(name="noise" if noise else "tiny", init=init, loss=loss, batches=batches,
-                   train_loss=train_loss, stochastic=True, dtype=torch.float64)
+    return Problem(name="noise" if noise else "tiny", init=init, loss=loss,
+                   batches=_minibatches((x, y), BATCH),
+                   train_loss=_no_grad_float(lambda model: loss(model, (x, y))),
+                   stochastic=True, dtype=torch.float64)
 
 
 def _quadratic() -> Problem:
