@@ -1075,6 +1075,9 @@ def train(prob_name: str, inner: str, controller: Controller, alpha0: float, *, 
           diagnose: bool = False, checkpoints: int = 0, origin_every: int = 0) -> RunOut:
     """One run; returns the final full-batch training loss and the α trace.
 
+    ``controller`` runs as given: wrap it in `for_inner` (as `evaluate` does) for the inner
+    optimizer's β₁, or a Gate runs its β₁ = 0 rule with Adam too.
+
     ``origin_every`` > 0 moves θ_0 of the scale slope h to θ_t every that many steps
     (H26's local reference). ``diagnose`` (closure-free fixed-lr runs only) also evaluates
     the same batch at θ_{t+1} (not counted, the trajectory is unchanged) to record the ratios
