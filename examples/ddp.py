@@ -14,6 +14,7 @@ keeps the same parameters. ``--shard`` shards the parameters with FSDP2's
 from __future__ import annotations
 
 import argparse
+import gc
 import hashlib
 import os
 from datetime import timedelta
@@ -101,9 +102,12 @@ def main() -> None:
         dist.all_gather_object(digests, digest)
         if rank == 0:
             print(f"ranks agree: {len(set(digests)) == 1}")
-        # Release the DDP/FSDP wrapper (its reducer holds the group) before the group itself,
-        # after every rank got here: a gloo group torn down under a live reducer aborts at exit.
-        del opt, model
+        # Release the DDP/FSDP wrapper (its reducer holds the group) and everything that
+        # reaches it (the optimizer, the last closure and the loss's graph) before the group
+        # itself, after every rank got here: a gloo group torn down under a live reducer
+        # aborts at exit ("terminate called without an active exception").
+        del opt, closure, loss, net, model
+        gc.collect()
         dist.barrier()
         dist.destroy_process_group()
     if rank == 0:
