@@ -32,7 +32,7 @@ import math
 import numbers
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -152,6 +152,8 @@ class _InProgress:
     slopes: list[Tensor] | None
     take: Any = True
     """A device flag: false undoes the step (taken on zeroed non-finite gradients)."""
+    scales: list[Scalar] = field(default_factory=list)
+    """Each group's schedule factor s = lr / initial_lr of this step (`_scale`)."""
 
 
 class NewtOptimizer(Optimizer):
@@ -708,13 +710,14 @@ class NewtOptimizer(Optimizer):
         self._set_alpha(a.group, a.state, decision.alpha)
         a.state.record = a.state.record.merged(decision)
 
-    def _judge(self, active: list[_Active], slopes: list[Tensor],
+    def _judge(self, progress: _InProgress, slopes: list[Tensor],
                lookahead_slopes: list[Tensor] | None, loss: Tensor | None,
-               lookahead_loss: Tensor | None, take: Scalar = True) -> list[Scalar]:
+               lookahead_loss: Tensor | None) -> list[Scalar]:
         """Decide and restore: keep or undo each group's step. Returns each group's
         "kept" flag (a bool for host groups, else a 0-d tensor: nothing is read).
-        ``take`` false (a device flag) undoes every group's step: a gradient was not
-        finite, so the step was taken on zeroed gradients only to keep the flag unread."""
+        ``progress.take`` false (a device flag) undoes every group's step: a gradient was
+        not finite, so the step was taken on zeroed gradients only to keep the flag unread."""
+        active, take = progress.active, progress.take
         kept: list[Scalar] = []
         for i, a in enumerate(active):
             host = a.state.host
@@ -724,7 +727,7 @@ class NewtOptimizer(Optimizer):
                     lookahead_slopes[i], host),
                 loss=None if loss is None else _value(loss, host),
                 lookahead_loss=None if lookahead_loss is None else _value(lookahead_loss, host),
-                own_loss=len(active) == 1, scale=self._scale(a.group, host))
+                own_loss=len(active) == 1, scale=progress.scales[i])
             alpha = self._alpha(a.group, a.state, a.state.device)
             a.state.rule, decision = rule.after_step(a.state.rule, outcome, alpha, a.options)
             self._carry_out(a, decision)
@@ -751,14 +754,15 @@ class NewtOptimizer(Optimizer):
         active, probes = self._everywhere(
             active, self._inner_products(active, [a.grads() for a in active], refresh=_refresh))
         flags: list[Scalar] = []
+        scales: list[Scalar] = []
         for a, fresh in zip(active, probes, strict=True):
             host = a.state.host
             fresh_value = _value(fresh, host)
             xp = scalars.ops(fresh_value)
             alpha = self._alpha(a.group, a.state, a.state.device)
-            gated = a.options.controller != "newton"
-            momentum = _momentum(a.group) if gated else 0.0
-            scale = self._scale(a.group, host) if gated else 1.0
+            momentum = _momentum(a.group) if a.options.controller != "newton" else 0.0
+            scale = self._scale(a.group, host)  # this step's; `_judge` reads it again
+            scales.append(scale)
             a.state.rule, decision = rule.before_step(
                 a.state.rule, Probe(fresh_value, xp.isfinite(fresh_value), momentum, scale),
                 alpha, a.options)
@@ -774,7 +778,7 @@ class NewtOptimizer(Optimizer):
             for a in active:
                 F.zero_where(take, a.grads())
             taken = True
-        self._in_progress = _InProgress(active, taken, None, take)
+        self._in_progress = _InProgress(active, taken, None, take, scales)
         return taken
 
     @torch.no_grad()
@@ -794,7 +798,7 @@ class NewtOptimizer(Optimizer):
                                                [a.grads() for a in progress.active])
         if not lookahead:
             progress.slopes = self._reduce(progress.slopes)
-            self._judge(progress.active, progress.slopes, None, None, None, progress.take)
+            self._judge(progress, progress.slopes, None, None, None)
             self._in_progress = None
 
     @torch.no_grad()
@@ -830,8 +834,8 @@ class NewtOptimizer(Optimizer):
             lookahead_slopes = self._reduce(lookahead_slopes, sums[n:])
             lookahead_loss = means[0].to(lookahead_loss.device, lookahead_loss.dtype)
         self._last_lookahead_loss = lookahead_loss
-        kept = self._judge(progress.active, progress.slopes, lookahead_slopes,
-                           loss.detach().reshape(()), lookahead_loss, progress.take)
+        kept = self._judge(progress, progress.slopes, lookahead_slopes,
+                           loss.detach().reshape(()), lookahead_loss)
         return all(bool(k) for k in kept)  # closure mode reads the flags (see `step`)
 
     def _reduce(self, values: list[Tensor], reduced: Tensor | None = None) -> list[Tensor]:
