@@ -69,6 +69,12 @@ def _quadratic() -> Problem:
                    stochastic=True, dtype=torch.float64)
 
 
+def _tensor(x: bool | int | float) -> torch.Tensor:
+    """A host scalar as the tensor path holds it: a 0-d CPU bool, int64 or float64."""
+    dtype = {bool: torch.bool, int: torch.int64}.get(type(x), torch.float64)
+    return torch.tensor(x, dtype=dtype)
+
+
 PROBLEM = _problem()
 NOISE = _problem(noise=True)
 QUADRATIC = _quadratic()
@@ -354,10 +360,7 @@ def test_a_run_of_overshoots_needs_three_in_a_row_without_momentum(device):
                                  controller="gated")._all_options()[0]
 
     def value(x):  # a host scalar, or a 0-d tensor of the state's kind
-        if device is None:
-            return x
-        dtype = {bool: torch.bool, int: torch.int64}.get(type(x), torch.float64)
-        return torch.tensor(x, dtype=dtype, device=device)
+        return x if device is None else _tensor(x)
 
     base = rule.gated_init(device)._replace(
         started=value(True), phase=value(2), shot=value(True), peak=value(10.0),
@@ -498,15 +501,6 @@ def test_the_first_fresh_overshoot_caps_and_shrinks_only_without_momentum_closur
         assert decision.alpha == reference.alpha
 
 
-def _on_device(state: rule.GatedState) -> rule.GatedState:
-    """A host state's fields as 0-d CPU tensors (bool, int64 or float64), the tensor path."""
-    def tensor(v):
-        if isinstance(v, bool):
-            return torch.tensor(v)
-        return torch.tensor(v, dtype=torch.int64 if isinstance(v, int) else torch.float64)
-    return rule.GatedState(*(tensor(v) for v in state))
-
-
 @pytest.mark.parametrize("host", [True, False], ids=["host", "tensor"])
 @pytest.mark.parametrize(("scale", "count", "held"),
                          [(0.5, 150, True), (1.0, 150, False), (0.5, 50, False)],
@@ -522,9 +516,8 @@ def test_a_significant_decrease_is_held_once_the_schedule_decays(scale, count, h
     probe = rule.Probe(-0.8, True, 0.9, scale)  # ρ = −0.8: no overshoot, and β₁ > 0 anyway
     alpha: float | torch.Tensor = 0.5
     if not host:
-        state, alpha = _on_device(state), torch.tensor(0.5, dtype=torch.float64)
-        probe = rule.Probe(torch.tensor(-0.8, dtype=torch.float64), torch.tensor(True), 0.9,
-                           torch.tensor(scale, dtype=torch.float64))
+        state, alpha = rule.GatedState(*map(_tensor, state)), _tensor(0.5)
+        probe = rule.Probe(_tensor(-0.8), _tensor(True), 0.9, _tensor(scale))
     new, decision = rule.gated_before_step(state, probe, alpha, options)
     assert float(decision.alpha) == pytest.approx(0.5 if held else 0.4)
     assert float(new.cap) == (math.inf if held else pytest.approx(0.45))
