@@ -415,7 +415,7 @@ class Gate(Controller):
     brake: float = 0.0  # > 0: shrink when the fast average of A/α exceeds brake × the slow one
     brake_factor: float = 0.5
     brake_plain: bool = False  # H34: the brake only closure-free without momentum (β₁ = 0)
-    brake_growing: bool = False  # H35: … and only on a step whose gated factor would grow α
+    brake_growing: bool = False  # H34: … and only on a step whose gated factor would grow α
     rho_rel: bool = False  # phase 1 stops at rho_stop × the initial ratio ρ₀
     kg: float = -math.inf  # grow only when the shifted slope is kg s.d. above 0
     prime: float = 0.0  # > 0 (H9a): the ratchet's cap starts at prime × the α where phase 1 ended
@@ -853,7 +853,7 @@ REC_H32 = replace(REC_H28, name="rec_h32", overshoot_run=3, overshoot_run_plain=
                   overshoot_run_floor=True)
 """``rec_h28`` with H32's run of three fresh overshoots (closure-free, without momentum)
 acting as a blow-up, every time: the recommended controller until H35, named ``rec`` in the
-record's tables of H32–H35; the base of the H33–H35 variants."""
+record's tables of H32–H34; the base of the H33–H35 variants."""
 REC = replace(REC_H32, name="rec", sched_hold=2, sched_hold_after=100)
 """The recommended controller (docs/design/alpha.md, section 4): ``rec_h32`` with H35's hold
 (``rec_sh2a100``): while a schedule's factor is below its peak so far, and after 100 phase-2
