@@ -215,7 +215,7 @@ def manual_shard_train(rank: int, world_size: int, mode: str, empty_group: bool 
         nd.mark_sharded([local_w, w2])
     opt = newt.NewtOptimizer(
         torch.optim.Adam([{"params": [local_w]}, {"params": [bias]}, {"params": [w2]}], lr=1e-2),
-        process_group=group)
+        process_group=group, controller="newton")
     x_all, _ = data()
 
     def forward(x: torch.Tensor) -> torch.Tensor:

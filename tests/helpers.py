@@ -40,6 +40,7 @@ ORACLE_OPTIONS = {
     "eps": 0.0,
     "backoff": 1.0,
     "reject": False,  # keep every step: the oracle compares α along the whole trajectory
+    "controller": "newton",  # the Newton rule is what these oracles compute
 }
 
 INNER_NAMES = ("sgd", "momentum", "adam")

@@ -57,7 +57,7 @@ def test_frozen_and_gradient_free_parameters_are_skipped_and_untouched(mode):
 @pytest.mark.parametrize("mode", ["closure", "closure_free"])
 def test_zero_gradients_change_neither_alpha_nor_parameters(inner, mode):
     w = torch.nn.Parameter(torch.tensor([1.0, -2.0]))
-    opt = newt.NewtOptimizer(make_inner(inner, [w], 0.1))
+    opt = newt.NewtOptimizer(make_inner(inner, [w], 0.1), controller="newton")
 
     def closure():
         opt.zero_grad()
@@ -126,7 +126,7 @@ def test_empty_group_and_group_without_gradients_are_left_alone(mode):
 
 def test_closure_free_step_under_no_grad_works():
     w = torch.nn.Parameter(torch.tensor([1.0, -2.0]))
-    opt = newt.NewtOptimizer(torch.optim.SGD([w], lr=0.1))
+    opt = newt.NewtOptimizer(torch.optim.SGD([w], lr=0.1), controller="newton")
     for _ in range(5):
         opt.zero_grad()
         (w**2).sum().backward()
@@ -149,7 +149,7 @@ def test_closure_free_step_under_no_grad_works():
 def test_tensor_lr_stays_the_same_object_and_is_updated_in_place(make, mode):
     w = torch.nn.Parameter(torch.tensor([1.0, -2.0, 0.5]))
     lr = torch.tensor(1e-2)
-    opt = newt.NewtOptimizer(make([w], lr))
+    opt = newt.NewtOptimizer(make([w], lr), controller="newton")
     closure = quadratic_closure(opt, [w])
     for _ in range(4):
         step_in_mode(opt, closure, mode)
@@ -164,7 +164,7 @@ def test_tensor_lr_stays_the_same_object_and_is_updated_in_place(make, mode):
 @pytest.mark.parametrize("inner", ["sgd", "adam"])
 def test_parameters_keep_their_dtype_and_the_loss_falls(dtype, inner):
     w = torch.nn.Parameter(torch.tensor([1.0, -2.0, 0.5], dtype=dtype))
-    opt = newt.NewtOptimizer(make_inner(inner, [w], 0.05))
+    opt = newt.NewtOptimizer(make_inner(inner, [w], 0.05), controller="newton")
     closure = quadratic_closure(opt, [w])
     first = float(closure())
     for _ in range(15):
@@ -234,7 +234,7 @@ def test_complex_parameters_learn_the_same_alpha_as_their_real_view(foreach):
 # ----------------------------------------------------------------------------- non-finite
 def test_lookahead_with_infinite_loss_restores_theta_t_and_shrinks_alpha():
     w = torch.nn.Parameter(torch.tensor([1.0, 0.5]))
-    opt = newt.NewtOptimizer(torch.optim.SGD([w], lr=5.0))
+    opt = newt.NewtOptimizer(torch.optim.SGD([w], lr=5.0), controller="newton")
 
     def closure():
         opt.zero_grad()
@@ -291,7 +291,7 @@ def closure_free_run(opt, w, nan_at: set[int], steps: int):
 
 def test_closure_free_nan_gradient_skips_the_step_without_undoing_the_good_one():
     w = torch.nn.Parameter(torch.tensor([1.0, 0.5]))
-    opt = newt.NewtOptimizer(torch.optim.SGD([w], lr=0.1))
+    opt = newt.NewtOptimizer(torch.optim.SGD([w], lr=0.1), controller="newton")
     closure_free_run(opt, w, set(), 3)
     alpha = opt.alphas[0]
     history = closure_free_run(opt, w, {0}, 1)  # the NaN batch arrives at θ_3
@@ -350,7 +350,7 @@ def test_closure_free_overflowing_step_is_undone_at_the_next_step():
 
 def test_closure_mode_nan_gradient_at_theta_t_keeps_nan_out_of_adam_state():
     w = torch.nn.Parameter(torch.tensor([0.0, 0.5]))
-    opt = newt.NewtOptimizer(torch.optim.Adam([w], lr=0.05))
+    opt = newt.NewtOptimizer(torch.optim.Adam([w], lr=0.05), controller="newton")
     batch = [0]
 
     def closure():

@@ -259,7 +259,7 @@ def test_a_state_dict_of_newt_0_1_0_is_refused_with_a_clear_message():
 
 def test_last_stats_names_what_happened_after_an_undone_step():
     x = torch.nn.Parameter(torch.tensor([1.0], dtype=torch.float64))
-    opt = newt.NewtOptimizer(torch.optim.SGD([x], lr=3.0))
+    opt = newt.NewtOptimizer(torch.optim.SGD([x], lr=3.0), controller="newton")
 
     def closure():
         opt.zero_grad()

@@ -61,7 +61,7 @@ def test_interval_one_is_the_default_and_the_same_run():
     a, _, _, _ = _run(1, 12)
     model = make_mlp(seed=0, dtype=torch.float64)
     b, _, _, _ = _run(1, 12, model=model, opt=newt.NewtOptimizer(
-        torch.optim.Adam(model.parameters(), lr=1e-2)))
+        torch.optim.Adam(model.parameters(), lr=1e-2), controller="newton"))
     assert a == b
 
 
@@ -137,7 +137,8 @@ def test_reuse_lookahead_feeds_the_step_after_a_measured_one():
     a = torch.randn(6, 6, dtype=torch.float64)
     a = a @ a.T + torch.eye(6, dtype=torch.float64)
     w = torch.nn.Parameter(torch.ones(6, dtype=torch.float64))
-    opt = newt.NewtOptimizer(torch.optim.SGD([w], lr=1e-3), reuse_lookahead=True, interval=3)
+    opt = newt.NewtOptimizer(torch.optim.SGD([w], lr=1e-3), reuse_lookahead=True, interval=3,
+                             controller="newton")
     calls = [0]
 
     def closure():

@@ -236,13 +236,14 @@ def test_an_undone_step_restores_bn_and_reuse_updates_once():
     model = dropout_bn_mlp().eval()
     model[1].train()  # BN updates, dropout off: a deterministic closure for reuse
     opt = newt.NewtOptimizer(torch.optim.SGD(model.parameters(), lr=1e-2),
-                             reuse_lookahead=True)
+                             reuse_lookahead=True, controller="newton")
     closure = newt_closure(opt, model, x, y)
     for _ in range(5):
         opt.step(closure)
     assert int(model[1].num_batches_tracked) == 5 + 1  # the last lookahead is step 6's update
     # A step far too large raises the loss: newt undoes it, and BN with it.
-    opt2 = newt.NewtOptimizer(torch.optim.SGD(model.parameters(), lr=1e3), lr_max=1e4)
+    opt2 = newt.NewtOptimizer(torch.optim.SGD(model.parameters(), lr=1e3), lr_max=1e4,
+                              controller="newton")
     bn_before = bn_state(model)
     params_before = [p.detach().clone() for p in model.parameters()]
     opt2.step(newt_closure(opt2, model, x, y))

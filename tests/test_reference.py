@@ -93,7 +93,7 @@ def fast(mode: str, steps: int, alpha: float, noise: float, **options) -> tuple[
     x = torch.nn.Parameter(torch.tensor([1.0, -1.0, 2.0, 0.5], dtype=torch.float64))
     h = torch.tensor(H, dtype=torch.float64)
     opt = newt.NewtOptimizer(torch.optim.SGD([x], lr=alpha), reuse_lookahead=mode == "reuse",
-                             **options)
+                             **{"controller": "newton", **options})
     current = [torch.zeros(4, dtype=torch.float64)]
 
     def closure():

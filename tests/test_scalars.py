@@ -184,7 +184,7 @@ def test_tensor_path_reads_no_value_on_the_host_in_a_closure_free_step(controlle
 def test_tensor_path_undoes_a_step_with_a_nonfinite_gradient_without_reading_it():
     model = _model()
     opt = newt.NewtOptimizer(torch.optim.Adam(model.parameters(), lr=torch.tensor(1e-2),
-                                              foreach=False))
+                                              foreach=False), controller="newton")
     opt._host_scalars = False
     x, y = torch.randn(16, 5), torch.randn(16, 1)
     for _ in range(3):
