@@ -220,7 +220,8 @@ class NewtOptimizer(Optimizer):
             Off when `gamma=0`, so that γ = 0 is exactly the inner optimizer.
         update (str): `"log"` (a step of γ in log α), `"exp"` (the same with the
             Newton factor $1 + B/C$ replaced by $e^{B/C}$) or `"linear"` (the seed's).
-        gamma (float): damping of the Newton step, in [0, 1]; 0 never changes α.
+        gamma (float): damping of the Newton step, in [0, 1]; 0 never changes α, whatever
+            the controller (newt is then the inner optimizer).
         eps (float): relative threshold under which the curvature counts as
             non-positive: $C \le \varepsilon(|A| + |B|)$.
         lr_min (float): lower clamp on α, > 0.
@@ -237,7 +238,7 @@ class NewtOptimizer(Optimizer):
             slope shifted by 0.2(1 − β₁) (0.4 after a closure step with β₁ = 0 and
             `reject`), changed only when significant; it reads the inner group's
             `betas[0]` or `momentum` as β₁). The Newton rule's other options do not
-            apply to it, except `reject`. Or `"auto"` (opt-in): per
+            apply to it, except `reject` and `gamma=0`. Or `"auto"` (opt-in): per
             group, the gated controller, which hands over to the Newton rule (and all
             its options) at the user's lr when three fresh measurements at its tiny
             start give |1 − B/A| < 1e-3, a gradient without measurable batch noise

@@ -105,7 +105,12 @@ class NewtOptions:
                 raise TypeError(f"{where} got unexpected newt option(s) {unknown}; valid "
                                 f"options: {list(OPTION_NAMES)}")
             merged.update(mapping)
-        return cls(**_checked(merged, where, names or {}))
+        checked = _checked(merged, where, names or {})
+        if checked["gamma"] == 0.0:
+            # γ = 0 turns the learning off: α stays the inner lr, so newt is the inner
+            # optimizer bit for bit, whatever the controller (the Newton rule with γ = 0).
+            checked["controller"] = "newton"
+        return cls(**checked)
 
 
 OPTION_NAMES: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(NewtOptions))

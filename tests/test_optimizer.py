@@ -196,7 +196,7 @@ def test_same_batch_slope_updates_alpha_within_the_step():
 @pytest.mark.parametrize("mode", ["closure", "closure_free"])
 def test_stats_before_any_alpha_update_are_none_or_first_step(mode):
     q = fixed_quadratic()
-    opt = newt.NewtOptimizer(torch.optim.SGD([q.x], lr=0.05))
+    opt = newt.NewtOptimizer(torch.optim.SGD([q.x], lr=0.05), controller="newton")
     if mode == "closure":
         opt.step(q.closure(opt))
     else:
@@ -206,14 +206,16 @@ def test_stats_before_any_alpha_update_are_none_or_first_step(mode):
 
 
 # ----------------------------------------------------------------------------- γ = 0
+@pytest.mark.parametrize("controller", ["newton", "gated", "auto"])
 @pytest.mark.parametrize("inner", ["sgd", "momentum", "adam"])
 @pytest.mark.parametrize("mode", ["closure", "closure_free"])
-def test_gamma_zero_reproduces_the_inner_optimizer_bit_for_bit(inner, mode):
+def test_gamma_zero_reproduces_the_inner_optimizer_bit_for_bit(inner, mode, controller):
     x, y = mlp_data()
     batches = list(mlp_batches(8))
     models = [make_mlp(0), make_mlp(0)]
     plain = make_inner(inner, models[0].parameters(), 0.05)
-    wrapped = newt.NewtOptimizer(make_inner(inner, models[1].parameters(), 0.05), gamma=0.0)
+    wrapped = newt.NewtOptimizer(make_inner(inner, models[1].parameters(), 0.05), gamma=0.0,
+                                 controller=controller)
     for t, (opt, model) in enumerate(((plain, models[0]), (wrapped, models[1]))):
         for bx, by in batches:
             if mode == "closure":
@@ -288,7 +290,7 @@ def closure_free_step(opt: torch.optim.Optimizer, q: Quadratic) -> torch.Tensor:
 
 def test_first_closure_free_step_is_a_plain_inner_step():
     q, ref = fixed_quadratic(), fixed_quadratic()
-    opt = newt.NewtOptimizer(torch.optim.SGD([q.x], lr=0.05))
+    opt = newt.NewtOptimizer(torch.optim.SGD([q.x], lr=0.05), controller="newton")
     plain = torch.optim.SGD([ref.x], lr=0.05)
     closure_free_step(opt, q)
     closure_free_step(plain, ref)
@@ -481,7 +483,7 @@ def _scheduled_1d_quadratic(factor, steps: int, mode: str = "closure", **options
     x = torch.nn.Parameter(torch.tensor([1.0], dtype=torch.float64))
     inner = torch.optim.SGD([x], lr=0.05)
     used = record_lrs(inner)
-    opt = newt.NewtOptimizer(inner, **options)
+    opt = newt.NewtOptimizer(inner, **{"controller": "newton", **options})
     sched = torch.optim.lr_scheduler.LambdaLR(opt, factor) if factor is not None else None
 
     def closure():
@@ -542,7 +544,7 @@ def test_inner_lr_is_the_learned_alpha_times_the_schedule_factor(schedule):
     used = record_lrs(inner)
     # reject=False: every α the rule produces is used by the next inner step, so the
     # trace below can be matched step by step.
-    opt = newt.NewtOptimizer(inner, reject=False)
+    opt = newt.NewtOptimizer(inner, reject=False, controller="newton")
     kind, kwargs = SCHEDULES[schedule]
     sched = kind(opt, **kwargs)
     # The same schedule on a plain optimizer: newt must not perturb it.
@@ -572,7 +574,7 @@ def test_inner_lr_is_the_learned_alpha_times_the_schedule_factor(schedule):
 def _overshooting_sgd(**options):
     """SGD with lr = 3 on x²: the step from x = 1 lands at −5 and raises the loss."""
     x = torch.nn.Parameter(torch.tensor([1.0], dtype=torch.float64))
-    opt = newt.NewtOptimizer(torch.optim.SGD([x], lr=3.0), **options)
+    opt = newt.NewtOptimizer(torch.optim.SGD([x], lr=3.0), **{"controller": "newton", **options})
 
     def closure():
         opt.zero_grad()
