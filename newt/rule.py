@@ -704,6 +704,11 @@ class GatedState(NamedTuple):
     momentum (H32; back to 0 at each `GATED_OVERSHOOT_RUN`-th)."""
     scale_peak: Scalar = 0.0
     """The largest schedule factor s of the steps so far (H35; 1 unscheduled)."""
+    loss: Scalar = math.nan
+    """L(θ_t) of the pending step on its own batch (closure mode; NaN closure-free), for the
+    report of the decision that its fresh slope makes."""
+    lookahead_loss: Scalar = math.nan
+    """L(θ_{t+1}) of the pending step on the same batch (closure mode; NaN closure-free)."""
 
 
 def gated_init(device: torch.device | None) -> GatedState:
@@ -715,7 +720,7 @@ def gated_init(device: torch.device | None) -> GatedState:
                       mean_a=zero, mean_c=zero, count=izero, updates=izero, free=false,
                       shot=false, stall_sum=zero, stall_count=izero,
                       stall_window=zero + GATED_STALL_WINDOW, stall_mean=nan,
-                      overshoots=izero, scale_peak=zero)
+                      overshoots=izero, scale_peak=zero, loss=nan, lookahead_loss=nan)
 
 
 def auto_init(device: torch.device | None) -> GatedState:
@@ -910,7 +915,8 @@ def gated_before_step(state: GatedState, probe: Probe, alpha: Scalar,
     decision = Decision(
         alpha=xp.real(new_alpha, like=alpha), accept=finite, safeguard=safeguard,
         report=report, used_alpha=a, lookahead_slope=xp.where(usable, B, nan),
-        curvature=xp.where(usable, A - B, nan), loss=nan, lookahead_loss=nan)
+        curvature=xp.where(usable, A - B, nan), loss=xp.where(usable, state.loss, nan),
+        lookahead_loss=xp.where(usable, state.lookahead_loss, nan))
     new_state = state._replace(
         pending=xp.const(False, state.pending), started=xp.const(True, state.started),
         phase=phase, cap=xp.where(newton, cap, state.cap),
@@ -970,7 +976,8 @@ def gated_after_step(state: GatedState, outcome: Outcome, alpha: Scalar,
     safeguard = xp.where(finite, int(Safeguard.LOSS_INCREASE), int(Safeguard.NONFINITE))
     new_state = state._replace(
         pending=accept, slope=A, step=a * scale, cap=cap, streak=streak,
-        phase=xp.where(finite, state.phase, 2), free=xp.const(not closure, state.pending))
+        phase=xp.where(finite, state.phase, 2), free=xp.const(not closure, state.pending),
+        loss=L0, lookahead_loss=L1)
     return new_state, Decision(
         alpha=xp.real(new_alpha, like=alpha), accept=accept, safeguard=safeguard,
         report=xp.not_(accept), used_alpha=a, lookahead_slope=B,

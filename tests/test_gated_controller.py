@@ -528,13 +528,13 @@ def test_a_significant_decrease_is_held_once_the_schedule_decays(scale, count, h
 @pytest.mark.parametrize("host", [True, False], ids=["host", "tensor"])
 def test_a_checkpoint_saved_before_the_overshoot_fields_loads(host):
     """A gated state_dict without ``free`` and ``shot`` (saved before H11) or the stall
-    fields (before H22), the overshoot run (H32) or the schedule's peak (H35) loads, with
-    their defaults; the state then round-trips with them."""
+    fields (before H22), the overshoot run (H32), the schedule's peak (H35) or the pending
+    step's losses loads, with their defaults; the state then round-trips with them."""
     _, model, opt = _core("SGD", 0.3, closure=False, steps=150)
     saved = opt.state_dict()
     assert bool(saved["newt"]["groups"][0]["rule"]["shot"])  # this run met its overshoot
     for key in ("free", "shot", "stall_sum", "stall_count", "stall_window", "stall_mean",
-                "overshoots", "scale_peak"):
+                "overshoots", "scale_peak", "loss", "lookahead_loss"):
         del saved["newt"]["groups"][0]["rule"][key]
     fresh = newt.NewtOptimizer(torch.optim.SGD(model.parameters(), lr=0.3), controller="gated")
     fresh._host_scalars = host
@@ -543,6 +543,7 @@ def test_a_checkpoint_saved_before_the_overshoot_fields_loads(host):
     assert not bool(rule_state.free) and not bool(rule_state.shot)
     assert float(rule_state.stall_window) == 100 and math.isnan(float(rule_state.stall_mean))
     assert int(rule_state.overshoots) == 0 and float(rule_state.scale_peak) == 0.0
+    assert math.isnan(float(rule_state.loss)) and math.isnan(float(rule_state.lookahead_loss))
     assert isinstance(rule_state.shot, torch.Tensor) is (not host)
     again = newt.NewtOptimizer(torch.optim.SGD(model.parameters(), lr=0.3), controller="gated")
     again.load_state_dict(opt.state_dict())
@@ -567,3 +568,51 @@ def test_a_closure_step_without_momentum_aims_further_past_the_minimum(
     _, free_further = rule.gated_before_step(_phase2(**quiet), probe, 0.5, options)
     assert free_further.alpha > free.alpha > 0.5  # the shift matters here
     assert closure.alpha == (free_further.alpha if aims_further else free.alpha)
+
+
+@pytest.mark.parametrize("host", [True, False], ids=["host", "tensor"])
+def test_closure_mode_stats_report_the_losses_of_the_step_they_describe(host):
+    """In closure mode `last_stats` gives L(θ_t) and L(θ_{t+1}) on the batch of the step
+    whose α it reports (``used_alpha``): the step before when the decision came from the
+    fresh slope, the step itself when that step was undone. Closure-free: ``None``."""
+    gen = torch.Generator().manual_seed(0)
+    targets = [torch.randn(3, generator=gen, dtype=torch.float64) for _ in range(40)]
+    x = nn.Parameter(torch.zeros(3, dtype=torch.float64))
+    opt = newt.NewtOptimizer(torch.optim.SGD([x], lr=0.1), controller="gated")
+    opt._host_scalars = host
+    losses: list[float] = []  # every closure call, two per step
+    used: list[float] = []  # the α each inner step was taken with
+    inner_step = opt.inner.step
+
+    def recording_step(*args, **kwargs):
+        used.append(float(opt.inner.param_groups[0]["lr"]))
+        return inner_step(*args, **kwargs)
+
+    opt.inner.step = recording_step  # type: ignore[method-assign]
+    undone = 0
+    for t, c in enumerate(targets):
+        def closure(c=c):
+            opt.zero_grad()
+            loss = 0.5 * ((x - c) ** 2).sum()
+            loss.backward()
+            losses.append(float(loss.detach()))
+            return loss
+
+        opt.step(closure)
+        stats = opt.last_stats()[0]
+        assert len(used) == t + 1 and len(losses) == 2 * (t + 1)
+        if t == 0:
+            assert stats is None or stats.loss is None
+            continue
+        own = stats.safeguard == "loss_increase"  # an undo reports the step itself
+        undone += own
+        s = t if own else t - 1
+        assert stats.used_alpha == pytest.approx(used[s], rel=1e-12)
+        assert stats.loss == pytest.approx(losses[2 * s], rel=1e-12)
+        assert stats.lookahead_loss == pytest.approx(losses[2 * s + 1], rel=1e-12)
+    assert len(set(used)) > 10  # α moved: the reports are of different steps
+    for _ in range(2):  # closure-free steps: the second reports the first, without losses
+        opt.zero_grad()
+        (0.5 * (x ** 2).sum()).backward()
+        opt.step()
+    assert opt.last_stats()[0].loss is None and opt.last_stats()[0].lookahead_loss is None
