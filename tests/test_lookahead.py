@@ -4,6 +4,8 @@ leaves BatchNorm's running statistics alone; an undone step restores them."""
 from __future__ import annotations
 
 import inspect
+import sys
+import warnings
 
 import pytest
 import torch
@@ -138,6 +140,31 @@ def test_hooks_are_removed_even_when_the_closure_raises():
         raise ZeroDivisionError
     assert len(module_mod._global_forward_pre_hooks) == hooks
     assert_same(bn_state(model), after_first)  # restored on the way out
+
+
+@pytest.mark.parametrize("dynamo", [False, True], ids=["no_compile", "compiled"])
+def test_capture_saves_bn_and_leaves_the_warning_filters_alone(dynamo, monkeypatch):
+    """Without torch.compile in the process the capture does not touch the warning
+    filters; with a compiled module, torch's warning about global hooks (which the
+    capture's hook would trigger) does not reach the user. BN's buffers are saved in both."""
+    model = dropout_bn_mlp()
+    x, y = digits_batch()
+    if dynamo:
+        target = torch.compile(model, backend="eager")
+    else:
+        monkeypatch.delitem(sys.modules, "torch._dynamo", raising=False)
+        target = model
+    before = bn_state(model)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # any warning fails the test
+        filters = warnings.filters
+        with la.capture() as state:
+            # catch_warnings would have put a copy of the filter list in place
+            assert (warnings.filters is filters) is not dynamo
+            loss_of(target, x, y).backward()
+    assert state.found == 1
+    la.restore_model_state(state)
+    assert_same(bn_state(model), before)
 
 
 def test_eval_mode_and_instance_norm_with_running_stats():
