@@ -88,10 +88,10 @@ class Config:
     exclude: tuple[str, ...] = ()  # method globs left out unless --methods is given
 
 
-STANDARD_VARIANTS = '{"gated": {"controller": "gated"}, "auto": {"controller": "auto"}}'
-"""The newt variants of every standard run, next to the default rule: the opt-in
-controllers for closure-free mini-batch training and for either kind of problem
-(docs/design/alpha.md, H15)."""
+STANDARD_VARIANTS = '{"gated": {"controller": "gated"}, "newton": {"controller": "newton"}}'
+"""The newt variants of every standard run, next to the default (``controller="auto"``):
+the gated controller on every problem, and the Newton rule from the first step, the
+default before H36 (docs/design/alpha.md, H15 and H36)."""
 
 QUICK = Config(
     name="quick",
@@ -104,7 +104,7 @@ QUICK = Config(
     equal_steps=False,
     exclude=("*newt-seed*", "*newt[closure]+cos", "*newt[reuse]+cos", "D-Adapt Adam+cos", "DoG",
              "*newt:gated[closure]*", "*newt:gated[reuse]*", "*newt:gated[free]+cos",
-             "*newt:auto[reuse]*", "*newt:auto[*]+cos"),
+             "*newt:newton[reuse]*", "*newt:newton[*]+cos"),
     notes=("QUICK run: 5 of the 13 problems, shortened budgets (quadratic_deep 50 epochs "
            "instead of 100, digits MLP 20 epochs), no long budgets, 2 seeds on stochastic "
            "problems, no equal-steps column (`--equal-steps` adds it). `--full` runs the whole "
@@ -264,9 +264,10 @@ def _select_methods(args: argparse.Namespace,
     if variants:
         notes.append(f"`newt:label` rows are variants of the default preset: "
                      f"`{args.newt_variants}`"
-                     + (" (the standard variants: the opt-in gated controller, for "
-                        "closure-free mini-batch training, and `auto`, which hands over to "
-                        "the default rule where the gradients show no batch noise)."
+                     + (" (the standard variants: the gated controller on every problem, "
+                        "and the Newton rule from the first step; the default, `auto`, runs "
+                        "the gated controller and hands over to the Newton rule where the "
+                        "gradients show no batch noise)."
                         if args.newt_variants == STANDARD_VARIANTS else "."))
     methods = catalog(
         newt_options=json.loads(args.newt_options) if args.newt_options else None,
@@ -357,8 +358,8 @@ def _parser() -> argparse.ArgumentParser:
                         "e.g. '{\"gamma\": 0.3, \"update\": \"linear\"}'")
     parser.add_argument("--newt-variants", default=STANDARD_VARIANTS,
                         help="JSON {label: options}: extra newt rows (default %(default)s: "
-                        "the gated controller recommended for closure-free mini-batch "
-                        "training, and auto), e.g. '{\"g03\": {\"gamma\": 0.3}}'; '{}' for none; "
+                        "the gated controller on every problem, and the Newton rule from the "
+                        "first step), e.g. '{\"g03\": {\"gamma\": 0.3}}'; '{}' for none; "
                         "the key \"average\": γ measures a variant at DoG's polynomial-decay "
                         "iterate average")
     parser.add_argument("--seeds", type=int, help="seeds per point on stochastic problems")

@@ -5,9 +5,10 @@ the inner optimizer started at a deliberately bad learning rate, and compares
 at an equal number of gradient evaluations (forward + backward passes):
 
 - ``NewtOptimizer(inner)`` closure-free: the next batch's gradient is the
-  lookahead, one evaluation per step;
-- ``NewtOptimizer(inner, controller="gated")`` closure-free: the opt-in
-  controller for noisy mini-batch training (starts at min(lr, 1e-6));
+  lookahead, one evaluation per step (on these mini-batches the default controller
+  runs the gated rule, from min(lr, 1e-6));
+- ``NewtOptimizer(inner, controller="newton")`` closure-free: the damped Newton rule
+  from the first step, the default before H36 of the design record;
 - ``NewtOptimizer(inner)`` with a closure: two evaluations per step (half as
   many steps);
 - the seed project's rule and API (``newt.Newt`` scheduler with its default
@@ -45,7 +46,7 @@ INNER = {"adam": torch.optim.Adam, "sgd": torch.optim.SGD}
 BAD_LR = {"adam": 1e-5, "sgd": 1e-4}
 GRID = {"adam": (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2), "sgd": (0.01, 0.03, 0.1, 0.3, 1.0)}
 # gradient evaluations per step
-MODES = {"fixed": 1, "newt": 1, "newt-gated": 1, "newt-closure": 2, "seed": 2}
+MODES = {"fixed": 1, "newt": 1, "newt-newton": 1, "newt-closure": 2, "seed": 2}
 
 
 @dataclass
@@ -76,8 +77,8 @@ def train(problem: Any, inner: str, lr: float, mode: str, budget: int, seed: int
         inner: ``"adam"`` or ``"sgd"``.
         lr: the inner optimizer's (initial) learning rate.
         mode: ``"fixed"`` (the inner optimizer alone), ``"newt"`` (closure-free
-            ``NewtOptimizer``), ``"newt-gated"`` (the same with
-            ``controller="gated"``), ``"newt-closure"`` (``NewtOptimizer`` with a
+            ``NewtOptimizer``), ``"newt-newton"`` (the same with
+            ``controller="newton"``), ``"newt-closure"`` (``NewtOptimizer`` with a
             closure) or ``"seed"`` (the ``Newt`` scheduler with the seed's rule).
         budget: gradient evaluations (a step costs ``MODES[mode]`` of them).
         seed: seeds the initial weights and the batch order.
@@ -93,7 +94,7 @@ def train(problem: Any, inner: str, lr: float, mode: str, budget: int, seed: int
     per_step = MODES[mode]
     every = max(1, budget // points)
 
-    newt_opt = (NewtOptimizer(inner_opt, controller="gated") if mode == "newt-gated"
+    newt_opt = (NewtOptimizer(inner_opt, controller="newton") if mode == "newt-newton"
                 else NewtOptimizer(inner_opt) if mode in ("newt", "newt-closure") else None)
     loss_criterion = torch.nn.CrossEntropyLoss()  # the digits problems' loss, for the seed's API
     scheduler = Newt(inner_opt, NewtConfig(model=model, loss_criterion=loss_criterion)) \
@@ -111,7 +112,7 @@ def train(problem: Any, inner: str, lr: float, mode: str, budget: int, seed: int
             inner_opt.zero_grad()
             problem.loss(model, batch).backward()
             inner_opt.step()
-        elif mode in ("newt", "newt-gated"):
+        elif mode in ("newt", "newt-newton"):
             assert newt_opt is not None
             newt_opt.zero_grad()
             problem.loss(model, batch).backward()
@@ -316,7 +317,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         best_lr, best = min(zip(grid, tuned, strict=True), key=lambda pair: pair[1].train_loss
                             if math.isfinite(pair[1].train_loss) else math.inf)
         labels = {"newt": f"newt({name}) closure-free, from lr={bad:g}",
-                  "newt-gated": f"newt({name}) closure-free gated, from lr={bad:g}",
+                  "newt-newton": f"newt({name}) Newton rule, from lr={bad:g}",
                   "newt-closure": f"newt({name}) with closure, from lr={bad:g}",
                   "seed": f"seed's rule (newt.Newt), from lr={bad:g}",
                   "fixed": f"{name} fixed at the bad lr={bad:g}"}

@@ -159,6 +159,13 @@ class _InProgress:
 class NewtOptimizer(Optimizer):
     r"""Learn the step size of any optimizer with a Newton step on α.
 
+    Two controllers move α, chosen per group by the default ``controller="auto"``: on
+    full batches (three quiet first measurements, $|1 - B/A| < 10^{-3}$) the damped Newton
+    rule below, from the group's lr; on mini-batches the gated controller
+    (`newt.rule.gated_before_step`, `docs/design/alpha.md`), which starts at
+    min(lr, 1e-6), doubles while the fresh slope stays above half the step's own and
+    then moves α only on a significant averaged Newton factor. The Newton rule:
+
     $$
     \theta_{t+1} = \theta_t - s_t\alpha_t u_t, \qquad
     \alpha_{t+1} = \operatorname{clamp}\big(\alpha_t\, \hat f_t,\
@@ -231,19 +238,19 @@ class NewtOptimizer(Optimizer):
         backoff (float): cap on the factor when the lookahead loss rose.
         nonconvex_factor (float): factor when the curvature is not positive.
         nonfinite_factor (float): factor after a non-finite step, which is undone.
-        controller (str): `"newton"` (the rule above, the default) or `"gated"`
-            (opt-in: the significance-gated controller of `docs/design/alpha.md`,
-            section 4: α starts at min(lr, 1e-6), doubles while the fresh slope stays
-            above half the step's own, then follows an averaged Newton factor on a
-            slope shifted by 0.2(1 − β₁) (0.4 after a closure step with β₁ = 0 and
-            `reject`), changed only when significant; it reads the inner group's
-            `betas[0]` or `momentum` as β₁). The Newton rule's other options do not
-            apply to it, except `reject` and `gamma=0`. Or `"auto"` (opt-in): per
-            group, the gated controller, which hands over to the Newton rule (and all
-            its options) at the user's lr when three fresh measurements at its tiny
-            start give |1 − B/A| < 1e-3, a gradient without measurable batch noise
-            (`docs/design/alpha.md`, H15); for a script that runs on full batches and
-            on mini-batches alike.
+        controller (str): `"auto"` (the default): per group, the gated controller,
+            which hands over to the Newton rule (and all its options) at the user's lr
+            when three fresh measurements at its tiny start give |1 − B/A| < 1e-3, a
+            gradient without measurable batch noise (`docs/design/alpha.md`, H15, H36).
+            `"gated"`: the significance-gated controller of `docs/design/alpha.md`,
+            section 4, on every batch kind (α starts at min(lr, 1e-6), doubles while
+            the fresh slope stays above half the step's own, then follows an averaged
+            Newton factor on a slope shifted by 0.2(1 − β₁) (0.4 after a closure step
+            with β₁ = 0 and `reject`), changed only when significant; it reads the
+            inner group's `betas[0]` or `momentum` as β₁). The Newton rule's other
+            options do not apply to it, except `reject` and `gamma=0`. `"newton"`:
+            the rule above from the first step (the default before H36), which starts
+            at the user's lr: on full batches, or for a short run from a working lr.
 
     Examples:
         >>> import torch, newt

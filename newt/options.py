@@ -30,10 +30,10 @@ Update = Literal["log", "exp", "linear"]
 Controller = Literal["auto", "newton", "gated"]
 
 _CHOICES: dict[str, dict[str, str]] = {
-    "controller": {"newton": "the damped Newton rule (the default)",
-                   "gated": "the significance-gated controller of docs/design/alpha.md",
-                   "auto": "the gated controller, or the Newton rule where the gradients are "
-                           "deterministic"},
+    "controller": {"auto": "the gated controller, or the Newton rule where the gradients "
+                           "are deterministic (the default)",
+                   "newton": "the damped Newton rule from the first step",
+                   "gated": "the significance-gated controller of docs/design/alpha.md"},
     "curvature": {"gradient": "gradient difference", "loss": "loss difference"},
     "slope": {"next_batch": "lookahead slope from the next batch",
               "same_batch": "the seed's same-batch slope"},
@@ -63,7 +63,7 @@ class NewtOptions:
     backoff: float
     nonconvex_factor: float
     nonfinite_factor: float
-    controller: Controller = "newton"
+    controller: Controller = "auto"
 
     def as_dict(self) -> dict[str, Any]:
         """The options as a plain dict (what a group's ``"newt"`` entry holds)."""

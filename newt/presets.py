@@ -2,6 +2,8 @@
 
 ``DEFAULT`` is what `newt.NewtOptimizer` uses unless told otherwise;
 its constants were chosen by measurement (``benchmarks/``, ``docs/benchmarks.md``).
+Its controller is ``"auto"`` (the gated controller on mini-batches, the Newton rule
+with these constants on full batches; ``docs/design/alpha.md``, H15 and H36).
 ``SEED`` reproduces the rule of the seed project (``dscamiss/newt``): a
 linear damped Newton factor with γ = 1e-3, the factor clamped to [0, 1.05],
 ×0.1 when the lookahead loss rises, no change on non-positive curvature,
@@ -30,7 +32,7 @@ DEFAULT: MappingProxyType[str, Any] = MappingProxyType(
         "backoff": 0.5,
         "nonconvex_factor": 1.25,
         "nonfinite_factor": 0.1,
-        "controller": "newton",
+        "controller": "auto",
     }
 )
 

@@ -95,8 +95,8 @@ def test_newt_lifts_the_bad_learning_rate_and_the_fixed_run_keeps_it():
     from newt.problems import digits_mlp
 
     problem = digits_mlp((64,), "tanh", batch_size=64, test_size=0.2)
-    fixed = demo.train(problem, "adam", 1e-5, "fixed", budget=60, seed=0)
-    lifted = demo.train(problem, "adam", 1e-5, "newt", budget=60, seed=0)
+    fixed = demo.train(problem, "adam", 1e-5, "fixed", budget=200, seed=0)
+    lifted = demo.train(problem, "adam", 1e-5, "newt", budget=200, seed=0)
     assert set(fixed.lrs) == {1e-5}
     assert max(lifted.lrs) > 100 * 1e-5
     assert lifted.train_loss < 0.5 * fixed.train_loss

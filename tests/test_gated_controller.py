@@ -450,10 +450,12 @@ def test_final_alpha_independent_of_alpha0():
     assert math.isfinite(finals[0]) and finals[0] > 1e-5
 
 
-def test_default_is_unchanged_and_option_is_validated():
+def test_default_is_auto_and_option_is_validated():
     w = nn.Parameter(torch.ones(2))
     opt = newt.NewtOptimizer(torch.optim.SGD([w], lr=0.1))
-    assert opt.param_groups[0]["newt"]["controller"] == "newton"
+    assert opt.param_groups[0]["newt"]["controller"] == "auto"
+    seed = newt.NewtOptimizer(torch.optim.SGD([w], lr=0.1), preset="seed")
+    assert seed.param_groups[0]["newt"]["controller"] == "newton"  # the seed's rule
     with pytest.raises(ValueError, match="controller"):
         newt.NewtOptimizer(torch.optim.SGD([w], lr=0.1), controller="fast")
 

@@ -7,7 +7,7 @@ import newt
 torch.manual_seed(0)
 X, Y = torch.randn(256, 8), torch.randn(256, 1)
 model = torch.nn.Linear(8, 1)
-opt = newt.NewtOptimizer(torch.optim.SGD(model.parameters(), lr=1e-2))
+opt = newt.NewtOptimizer(torch.optim.SGD(model.parameters(), lr=1e-2), controller="newton")
 scaler = torch.amp.GradScaler("cpu", init_scale=2.0**16)
 for t in range(6):
     opt.zero_grad()

@@ -14,7 +14,7 @@ batches = [(X[i:i + 64], Y[i:i + 64]) for i in range(0, 512, 64)] * 2  # 16 step
 def build():
     torch.manual_seed(1)
     model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.Tanh(), torch.nn.Linear(16, 1))
-    opt = newt.NewtOptimizer(torch.optim.AdamW(model.parameters(), lr=1e-3))
+    opt = newt.NewtOptimizer(torch.optim.AdamW(model.parameters(), lr=1e-3), controller="newton")
     sched = torch.optim.lr_scheduler.StepLR(opt, step_size=4, gamma=0.5)
     return model, opt, sched
 

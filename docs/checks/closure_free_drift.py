@@ -28,7 +28,7 @@ problem = digits_mlp((64,), "tanh", test_size=None, batch_size=64)
 def run(mode: str, seed: int, **options) -> None:
     model = problem.init(seed)
     inner = torch.optim.Adam(model.parameters(), lr=1e-3)
-    opt = inner if mode == "adam" else newt.NewtOptimizer(inner, **options)
+    opt = inner if mode == "adam" else newt.NewtOptimizer(inner, **options, controller="newton")
     batches = problem.batches(seed)
     first_1e6 = first_lrmin = None
     trace, half = {}, None

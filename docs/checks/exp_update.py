@@ -16,7 +16,8 @@ from newt.problems import digits_mlp
 def final_loss(update: str, closure_free: bool, seed: int, steps: int = 600) -> tuple[float, float]:
     problem = digits_mlp((64,), "tanh", test_size=None, batch_size=64)
     model = problem.init(seed)
-    opt = newt.NewtOptimizer(torch.optim.Adam(model.parameters(), lr=1e-3), update=update)
+    opt = newt.NewtOptimizer(torch.optim.Adam(model.parameters(), lr=1e-3), update=update,
+                             controller="newton")
     batches = problem.batches(seed)
     for _ in range(steps):
         batch = next(batches)

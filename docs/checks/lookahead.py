@@ -83,7 +83,7 @@ import newt  # noqa: E402
 
 def newt_run(seed: int) -> tuple[int, float, float]:
     model = build()
-    opt = newt.NewtOptimizer(torch.optim.Adam(model.parameters(), lr=1e-3))
+    opt = newt.NewtOptimizer(torch.optim.Adam(model.parameters(), lr=1e-3), controller="newton")
     torch.manual_seed(seed)
     undone = 0
     for t in range(STEPS):

@@ -15,7 +15,7 @@ def run(mode, steps=10):
     torch.manual_seed(1)
     model = torch.nn.Linear(8, 1)
     opt = newt.NewtOptimizer(torch.optim.SGD(model.parameters(), lr=1e-2),
-                             reuse_lookahead=(mode == "reuse"))
+                             reuse_lookahead=(mode == "reuse"), controller="newton")
     calls = 0
 
     def closure():

@@ -28,7 +28,7 @@ def one_group():
         with torch.no_grad():
             theta.fill_(1.0)
         opt = newt.NewtOptimizer(torch.optim.Adam([theta], lr=1e-2), curvature=curvature,
-                                 **UNDAMPED)
+                                 **UNDAMPED, controller="newton")
 
         def closure(opt=opt):
             opt.zero_grad()
@@ -58,7 +58,7 @@ def two_groups():
             warnings.simplefilter("always")
             opt = newt.NewtOptimizer(
                 torch.optim.SGD([{"params": [x]}, {"params": [y]}], lr=1e-3),
-                curvature=curvature, **UNDAMPED)
+                curvature=curvature, **UNDAMPED, controller="newton")
         for w in caught:
             print(f"  {curvature}: {w.category.__name__}: {w.message}")
 

@@ -34,7 +34,7 @@ def closure_for(opt, ps):
 # 1. One group.
 for options in ({}, {"reject": False}):
     (x,) = params(1.0)
-    opt = newt.NewtOptimizer(torch.optim.SGD([x], lr=3.0), **options)
+    opt = newt.NewtOptimizer(torch.optim.SGD([x], lr=3.0), **options, controller="newton")
     opt.step(closure_for(opt, [x]))
     print(f"one group {options or '(default)'}: x after the step {x.item():g}, "
           f"α {opt.param_groups[0]['lr']:.6g}, safeguard {opt.last_stats()[0].safeguard}")
@@ -42,7 +42,7 @@ for options in ({}, {"reject": False}):
 # 2. gamma = 0 is the inner optimizer, bit for bit.
 (x,) = params(1.0)
 (y,) = params(1.0)
-opt = newt.NewtOptimizer(torch.optim.SGD([x], lr=1.1), gamma=0.0)
+opt = newt.NewtOptimizer(torch.optim.SGD([x], lr=1.1), gamma=0.0, controller="newton")
 plain = torch.optim.SGD([y], lr=1.1)
 for _ in range(20):
     opt.step(closure_for(opt, [x]))
@@ -54,7 +54,7 @@ print(f"gamma=0, 20 steps of a diverging SGD: newt x = {x.item():.6g}, plain SGD
 # 3. Two groups: each group's own share of the loss change decides.
 x, y = params(1.0, 1.0)
 opt = newt.NewtOptimizer(torch.optim.SGD([{"params": [x], "lr": 3.0},
-                                          {"params": [y], "lr": 0.1}]))
+                                          {"params": [y], "lr": 0.1}]), controller="newton")
 opt.step(closure_for(opt, [x, y]))
 print(f"two groups: x {x.item():g} (α {opt.param_groups[0]['lr']:.6g}), "
       f"y {y.item():g} (α {opt.param_groups[1]['lr']:.6g})")

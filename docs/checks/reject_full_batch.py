@@ -22,7 +22,8 @@ INNERS = {
 def suboptimality(name: str, inner: str, lr: float, reject: bool, steps: int = 200) -> float:
     problem = get_problem(name)
     model = problem.init(0)
-    opt = newt.NewtOptimizer(INNERS[inner](list(model.parameters()), lr), reject=reject)
+    opt = newt.NewtOptimizer(INNERS[inner](list(model.parameters()), lr), reject=reject,
+                             controller="newton")
 
     def closure():
         opt.zero_grad()

@@ -22,7 +22,7 @@ class Trainer:
         self.X, self.Y = torch.randn(256, 8), torch.randn(256, 1)
         self.model = torch.nn.Linear(8, 1)
         self.opt = newt.NewtOptimizer(torch.optim.SGD(self.model.parameters(), lr=1e-2),
-                                      reuse_lookahead=True)
+                                      reuse_lookahead=True, controller="newton")
         self.calls = 0
 
     def closure(self):

@@ -25,7 +25,7 @@ torch.set_num_threads(1)
 torch.manual_seed(0)
 X, Y = torch.randn(256, 8), torch.randn(256, 1)
 model = torch.nn.Linear(8, 1)
-opt = newt.NewtOptimizer(torch.optim.SGD(model.parameters(), lr=1e-2))
+opt = newt.NewtOptimizer(torch.optim.SGD(model.parameters(), lr=1e-2), controller="newton")
 sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=20)
 
 
@@ -52,7 +52,7 @@ UNDAMPED = dict(gamma=1.0, eps=0.0, lr_min=1e-300, lr_max=float("inf"),
                 factor_min=0.0, factor_max=float("inf"))
 for factor in (None, 0.5, 0.125):
     x = torch.nn.Parameter(torch.tensor([1.0], dtype=torch.float64))
-    opt = newt.NewtOptimizer(torch.optim.SGD([x], lr=0.05), **UNDAMPED)
+    opt = newt.NewtOptimizer(torch.optim.SGD([x], lr=0.05), **UNDAMPED, controller="newton")
     sched = (torch.optim.lr_scheduler.LambdaLR(opt, lambda t, f=factor: f)
              if factor is not None else None)
 
@@ -81,7 +81,7 @@ for scheduled in (False, True):
     taken = []  # the lr each inner step actually uses
     inner.register_step_pre_hook(
         lambda o, a, k, taken=taken: taken.append(float(o.param_groups[0]["lr"])))
-    opt = newt.NewtOptimizer(inner)
+    opt = newt.NewtOptimizer(inner, controller="newton")
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=60) if scheduled else None
     rows, late = [], []
     for t in range(1, 61):
@@ -115,7 +115,7 @@ for name in ("ExponentialLR", "LambdaLR"):
     torch.manual_seed(0)
     X, Y = torch.randn(256, 8), torch.randn(256, 1)
     model = torch.nn.Linear(8, 1)
-    opt = newt.NewtOptimizer(torch.optim.SGD(model.parameters(), lr=1e-2))
+    opt = newt.NewtOptimizer(torch.optim.SGD(model.parameters(), lr=1e-2), controller="newton")
     sched = (torch.optim.lr_scheduler.ExponentialLR(opt, gamma=0.9) if name == "ExponentialLR"
              else torch.optim.lr_scheduler.LambdaLR(opt, lambda t: 0.9**t))
     for _ in range(20):

@@ -20,7 +20,8 @@ problem = digits_mlp((64,), "tanh", test_size=None, batch_size=64)
 
 def run(slope: str, seed: int) -> None:
     model = problem.init(seed)
-    opt = newt.NewtOptimizer(torch.optim.Adam(model.parameters(), lr=1e-3), slope=slope)
+    opt = newt.NewtOptimizer(torch.optim.Adam(model.parameters(), lr=1e-3), slope=slope,
+                             controller="newton")
     batches = problem.batches(seed)
     alphas = []
     for t in range(1, 601):
