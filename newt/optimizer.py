@@ -177,7 +177,8 @@ class NewtOptimizer(Optimizer):
 
     - $u_t$ is the inner optimizer's update direction at unit step size;
     - $s_t$ is the factor lr / initial_lr of an attached LR scheduler (1 without
-      one): the schedule scales the learned α and is not compensated by it;
+      one): under this rule the schedule scales the learned α and is not compensated
+      by it (the gated controller aims at the step taken, α·s);
     - $d_t = \theta_t - \theta_{t+1}$, $A_t = \langle\nabla L(\theta_t), d_t\rangle$
       and $B_t = \langle\nabla L(\theta_{t+1}), d_t\rangle$ the lookahead slope;
     - $C_t = A_t - B_t$ (`curvature="gradient"`) or
