@@ -618,3 +618,27 @@ def test_closure_mode_stats_report_the_losses_of_the_step_they_describe(host):
         (0.5 * (x ** 2).sum()).backward()
         opt.step()
     assert opt.last_stats()[0].loss is None and opt.last_stats()[0].lookahead_loss is None
+
+
+def test_a_checkpoint_of_the_newton_rule_resumes_it_under_the_auto_default():
+    """A state_dict saved with ``controller="newton"`` (the default before H36) carries
+    the option in its groups: loaded into an optimizer built with today's default it goes
+    on with the Newton rule, step for step as the run that was not interrupted."""
+    def run(resume_at: int | None) -> list[float]:
+        w = nn.Parameter(torch.tensor([3.0, -2.0], dtype=torch.float64))
+        opt = newt.NewtOptimizer(torch.optim.SGD([w], lr=0.05), controller="newton")
+        lrs = []
+        for t in range(12):
+            if t == resume_at:
+                saved = opt.state_dict()
+                opt = newt.NewtOptimizer(torch.optim.SGD([w], lr=0.05))  # the default
+                assert opt.param_groups[0]["newt"]["controller"] == "auto"
+                opt.load_state_dict(saved)
+                assert opt.param_groups[0]["newt"]["controller"] == "newton"
+            opt.zero_grad()
+            (w ** 2 * torch.tensor([1.0, 4.0], dtype=torch.float64)).sum().backward()
+            opt.step()
+            lrs.append(float(opt.param_groups[0]["lr"]))
+        return lrs
+
+    assert run(resume_at=5) == run(resume_at=None)
