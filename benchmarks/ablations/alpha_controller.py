@@ -403,6 +403,8 @@ class Gate(Controller):
     streak: float = math.inf  # closure: the streak-th consecutive undo scales α by streak_factor
     streak_factor: float = 0.5
     streak_cap: bool = False  # the streak also sets the ratchet's cap
+    first_undo: float = 1.0  # < 1 (H37): the run's first undo caps at ratchet·α, scales α by it
+    first_undo_plain: bool = False  # H37: only without momentum (β₁ = 0)
     peak: float = 1.0  # the inner step uses peak·α·s (H7: a schedule's peak above the constant)
     uncompensated: bool = False  # the Newton target sets α, not α·s (schedule not undone)
     creep: float = 0.0  # > 0: after creep_after phase-2 steps, growth ≤ ×creep per step
@@ -733,6 +735,11 @@ class Gate(Controller):
                 accept = False
                 s["streak"] = s.get("streak", 0.0) + 1
                 shrink = self.backoff if s["streak"] < self.streak else self.streak_factor
+                if (self.first_undo < 1 and not s.get("undone")
+                        and not (self.first_undo_plain and self.momentum != 0)):
+                    s["undone"] = 1.0  # H37: the first undo is the overshoot event
+                    s["ceiling"] = min(s.get("ceiling", math.inf), self.ratchet * s["alpha"])
+                    shrink = min(shrink, self.first_undo)
                 if self.streak_cap and s["streak"] >= self.streak:
                     s["ceiling"] = min(s.get("ceiling", math.inf), self.ratchet * s["alpha"])
                 s["alpha"] = max(s["alpha"] * shrink, self.lr_min)
@@ -929,6 +936,9 @@ CONTROLLERS: dict[str, Controller] = {
     "rec_sh2_5": replace(REC_H32, name="rec_sh2_5", sched_hold=2, sched_hold_below=0.5),
     "rec_sh2a50": replace(REC_H32, name="rec_sh2a50", sched_hold=2, sched_hold_after=50),
     "rec_sh2a100": replace(REC_H32, name="rec_sh2a100", sched_hold=2, sched_hold_after=100),
+    # H37: the first undo of a closure run as the overshoot event (cap 0.9α, α × 0.5)
+    "rec_u5": replace(REC, name="rec_u5", first_undo=0.5),
+    "rec_u5p": replace(REC, name="rec_u5p", first_undo=0.5, first_undo_plain=True),
     "rec_fsr": replace(REC_H28, name="rec_fsr", floor_step=True, floor_reset=True),
     "rec_wfp_dw": replace(REC_H28, name="rec_wfp_dw", warmup_free=True, warmup_plain=True,
                           decay_weighted=True),
