@@ -8,7 +8,13 @@ mini-batches: the same run from every lr ≥ 1e-6, so one row). Closure-free and
 newt rows, closure mode (two evaluations per step: the columns count steps).
 
     PYTHONPATH=. python docs/checks/default_start.py
+    PYTHONPATH=. python docs/checks/default_start.py --trace   # design/alpha.md, H37
+
+``--trace`` prints instead the default's α and safeguard every third step of its first 60,
+Adam from lr 1e-3, closure-free and with a closure.
 """
+
+import sys
 
 import torch
 
@@ -22,6 +28,22 @@ INNERS = {"Adam": (torch.optim.Adam, (1e-4, 1e-3, 1e-2)),
           "SGD": (torch.optim.SGD, (0.01, 0.1, 1.0))}
 
 
+def one_step(opt: torch.optim.Optimizer, model: torch.nn.Module, batch: object,
+             closure: bool) -> None:
+    """One training step on ``batch``: ``step(closure)`` or ``backward(); step()``."""
+    def evaluate() -> torch.Tensor:
+        opt.zero_grad()
+        loss = PROBLEM.loss(model, batch)
+        loss.backward()
+        return loss
+
+    if closure:
+        opt.step(evaluate)
+    else:
+        evaluate()
+        opt.step()
+
+
 def run(inner: str, lr: float, controller: str | None, closure: bool) -> list[float]:
     """Training loss at each of ``STEPS``; ``controller=None``: the inner optimizer alone."""
     model, batches = PROBLEM.init(0), PROBLEM.batches(0)
@@ -30,19 +52,7 @@ def run(inner: str, lr: float, controller: str | None, closure: bool) -> list[fl
         opt = newt.NewtOptimizer(opt, controller=controller)
     out = []
     for t in range(1, STEPS[-1] + 1):
-        batch = next(batches)
-
-        def step_closure(batch=batch) -> torch.Tensor:
-            opt.zero_grad()
-            loss = PROBLEM.loss(model, batch)
-            loss.backward()
-            return loss
-
-        if closure:
-            opt.step(step_closure)
-        else:
-            step_closure()
-            opt.step()
+        one_step(opt, model, next(batches), closure)
         if t in STEPS:
             out.append(PROBLEM.train_loss(model))
     return out
@@ -63,5 +73,18 @@ def main() -> None:
                       flush=True)
 
 
+def trace() -> None:
+    for closure in (False, True):
+        model, batches = PROBLEM.init(0), PROBLEM.batches(0)
+        opt = newt.NewtOptimizer(torch.optim.Adam(model.parameters(), lr=1e-3))
+        cells = []
+        for t in range(60):
+            one_step(opt, model, next(batches), closure)
+            stats = opt.last_stats()[0]
+            if t % 3 == 0:
+                cells.append(f"{t}: {opt.alphas[0]:.2g} {stats.safeguard if stats else '-'}")
+        print("closure" if closure else "closure-free", "; ".join(cells))
+
+
 if __name__ == "__main__":
-    main()
+    trace() if "--trace" in sys.argv[1:] else main()
