@@ -770,7 +770,7 @@ class NewtOptimizer(Optimizer):
             xp = scalars.ops(fresh_value)
             alpha = self._alpha(a.group, a.state, a.state.device)
             momentum = _momentum(a.group) if a.options.controller != "newton" else 0.0
-            scale = self._scale(a.group, host)  # this step's; `_judge` reads it again
+            scale = self._scale(a.group, host)  # this step's, kept for `_judge`
             scales.append(scale)
             a.state.rule, decision = rule.before_step(
                 a.state.rule, Probe(fresh_value, xp.isfinite(fresh_value), momentum, scale),
