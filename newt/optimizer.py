@@ -242,7 +242,9 @@ class NewtOptimizer(Optimizer):
         controller (str): `"auto"` (the default): per group, the gated controller,
             which hands over to the Newton rule (and all its options) at the user's lr
             when three fresh measurements at its tiny start give |1 − B/A| < 1e-3, a
-            gradient without measurable batch noise (`docs/design/alpha.md`, H15, H36).
+            gradient without measurable batch noise (`docs/design/alpha.md`, H15, H36);
+            the inner optimizer's state of that group then starts afresh (its momentum
+            and moments forget the three tiny steps, H38).
             `"gated"`: the significance-gated controller of `docs/design/alpha.md`,
             section 4, on every batch kind (α starts at min(lr, 1e-6), doubles while
             the fresh slope stays above half the step's own, then follows an averaged
@@ -715,6 +717,20 @@ class NewtOptimizer(Optimizer):
                                     fused=[a.one_piece for a in active])
         return [self._inner_product(a, g, refresh) for a, g in zip(active, grads, strict=True)]
 
+    def _restart_inner(self, group: dict[str, Any]) -> None:
+        """Drop the inner optimizer's state of ``group``'s parameters, which it creates
+        afresh at its next step (as torch.optim optimizers do at their first).
+
+        ``controller="auto"`` does this where it hands a group over to the Newton rule
+        (`newt.rule.auto_before_step`): the watch's probe steps (α ≤ 4e-6) barely moved θ,
+        but the inner optimizer's averages would keep their gradients (Adam's second
+        moment for about 1/(1 − β₂) steps) and its step count would be
+        `newt.rule.AUTO_CHECKS` ahead. Afresh, the run from there is the Newton rule's
+        from α₀, as with ``controller="newton"`` (docs/design/alpha.md, H38). State the
+        inner optimizer had before newt's first step is dropped as well."""
+        for p in group["params"]:
+            self.inner.state.pop(p, None)
+
     def _carry_out(self, a: _Active, decision: rule.Decision) -> None:
         self._set_alpha(a.group, a.state, decision.alpha)
         a.state.record = a.state.record.merged(decision)
@@ -772,9 +788,13 @@ class NewtOptimizer(Optimizer):
             momentum = _momentum(a.group) if a.options.controller != "newton" else 0.0
             scale = self._scale(a.group, host)  # this step's, kept for `_judge`
             scales.append(scale)
+            watching = isinstance(a.state.rule, rule.GatedState)
             a.state.rule, decision = rule.before_step(
                 a.state.rule, Probe(fresh_value, xp.isfinite(fresh_value), momentum, scale),
                 alpha, a.options)
+            if (watching and a.options.controller == "auto"
+                    and isinstance(a.state.rule, rule.RuleState)):
+                self._restart_inner(a.group)
             self._carry_out(a, decision)
             flags.append(decision.accept)
         take: Scalar = True

@@ -742,7 +742,8 @@ def auto_before_step(state: RuleState | GatedState, probe: Probe, alpha: Scalar,
     - the first noisy one ends the watch: the gated controller goes on, unchanged;
     - the `AUTO_CHECKS`-th quiet one hands over to the Newton rule (`newton_before_step`
       from a fresh `RuleState`, its update count from 0) at the user's α₀, reported in
-      `last_stats` as a first step.
+      `last_stats` as a first step. `newt.NewtOptimizer` then drops the group's inner
+      optimizer state, so that the run from there is the Newton rule's from α₀ (H38).
 
     The verdict is per group. A frozen group (α = 0) ends its watch at once and stays
     frozen; a group whose steps give no measurement (skipped, undone, or exactly zero

@@ -103,12 +103,15 @@ def test_on_a_full_batch_auto_hands_over_to_the_newton_rule_at_alpha0(closure, i
     final = [0.5 * (m(x) - y).pow(2).mean().item() for m in (model, model_n)]
     initial = float(0.5 * y.pow(2).mean())  # the loss at θ = 0, about the start's
     assert final[0] < 0.2 * initial  # it trains
-    if inner == "SGD":
-        # the tiny steps barely moved θ: from there on the Newton rule's run (the first
-        # steps to rounding; the rule's clamps amplify the 1e-6-sized difference later)
-        assert auto[checks:checks + 8] == pytest.approx(newton[:8], rel=1e-4)
-        assert final[0] == pytest.approx(final[1], rel=0.2)
-    # With Adam its moments saw the tiny steps' gradients: the same rule, not the same run.
+    # The tiny steps barely moved θ, and the inner optimizer starts afresh at the handover
+    # (Adam's moments forget the tiny steps' gradients): from there on the Newton rule's
+    # run (the first steps to rounding; the rule's clamps amplify the 1e-6-sized difference
+    # later).
+    assert auto[checks:checks + 8] == pytest.approx(newton[:8], rel=1e-4)
+    assert final[0] == pytest.approx(final[1], rel=0.2)
+    if inner == "Adam":
+        steps = {int(s["step"]) for s in opt.inner.state.values()}
+        assert steps == {30 - checks}  # Adam's step count restarted at the handover
 
 
 def _full_batch_steps(steps: int, groups: str = "one", nan_at: int | None = None):
@@ -388,3 +391,7 @@ def test_each_group_gets_its_own_verdict():
     deterministic, noisy = (state.rule for state in opt._states)
     assert isinstance(deterministic, rule.RuleState)
     assert isinstance(noisy, rule.GatedState) and noisy.watch is False
+    # Only the group handed over restarted its inner state, at the step of the handover.
+    assert int(opt.inner.state[first]["step"]) == 3
+    assert {int(opt.inner.state[p]["step"]) for p in second.parameters()} == {
+        rule.AUTO_CHECKS + 3}
