@@ -143,13 +143,27 @@ class Method:
         return 2 if self.mode == "closure" else 1
 
     @property
-    def start_invariant(self) -> bool:
+    def controller(self) -> str | None:
+        """newt's controller for this method (``None`` for the other kinds)."""
+        if self.kind != "newt":
+            return None
+        merged = {**newt.PRESETS[self.preset], **dict(self.options)}
+        if merged.get("gamma", 1.0) == 0:  # γ = 0 is the Newton rule (`NewtOptions.resolve`)
+            return "newton"
+        return str(merged.get("controller", "auto"))
+
+    def start_invariant(self, stochastic: bool) -> bool:
         """Whether the run is the same at every swept lr ≥ ``newt.rule.GATED_START``: the
         gated controller starts at min(lr, ``GATED_START``) and sets the inner lr itself from
-        then on, so the benchmark runs it once per seed (``tests/test_benchmarks.py`` checks
-        that two lrs give the same run, with and without the cosine schedule)."""
-        return (self.kind == "newt" and self.swept == "lr"
-                and dict(self.options).get("controller") == "gated")
+        then on, so the benchmark runs it once per seed. ``controller="auto"`` is the gated
+        controller bit for bit where its first measurement is noisy, which it is on every
+        stochastic problem of the benchmark (``newt.rule.AUTO_QUIET``; docs/design/alpha.md,
+        H15); on a deterministic one it hands over at the user's lr. ``tests/test_benchmarks.py``
+        checks that two lrs give the same run, with and without the cosine schedule, and
+        that the first measurement of ``auto`` ends its watch on every stochastic problem."""
+        if self.swept != "lr":
+            return False
+        return self.controller == "gated" or (stochastic and self.controller == "auto")
 
     @property
     def deterministic_only(self) -> bool:

@@ -209,10 +209,10 @@ def _tasks(problems: dict[str, int], methods: list[Method], seeds: int | dict[st
 
 def _shared(task: Task) -> Task:
     """The task whose run stands for ``task``: the runs of a start-invariant method
-    (:attr:`Method.start_invariant`) at every lr ≥ ``GATED_START`` are one run, at the
+    (:meth:`Method.start_invariant`) at every lr ≥ ``GATED_START`` are one run, at the
     grid's smallest such lr."""
     label, method, x, seed, budget = task
-    if method.start_invariant and x >= GATED_START:
+    if x >= GATED_START and method.start_invariant(get_problem(problem_of(label)).stochastic):
         return label, method, min(g for g in GRID if g >= GATED_START), seed, budget
     return task
 

@@ -120,18 +120,23 @@ def test_cosine_rows_follow_the_schedule_over_their_steps(name):
 
 @pytest.mark.parametrize("schedule", ["", "cosine"])
 @pytest.mark.parametrize("mode", ["free", "closure"])
-def test_gated_runs_do_not_depend_on_the_swept_lr(schedule, mode):
+@pytest.mark.parametrize("variant", ["gated", "default"])
+def test_start_invariant_runs_do_not_depend_on_the_swept_lr(variant, schedule, mode):
     """The benchmark runs a start-invariant method once per seed (``benchmarks.run._shared``),
     so its run must be the same at every lr of the grid: the same final loss and α trace
-    bit for bit, with and without the cosine schedule."""
+    bit for bit, with and without the cosine schedule. The gated controller is, on every
+    problem; the default (``auto``) is on stochastic ones."""
     import benchmarks.run as bench
 
-    gated = [m for m in catalog(variants={"gated": {"controller": "gated"}}, inners=["Adam"],
-                                modes=[mode], presets=["default"], schedules=[schedule])
-             if m.variant == "gated"]
-    assert len(gated) == 1 and gated[0].start_invariant
+    rows = [m for m in catalog(variants={"gated": {"controller": "gated"}}, inners=["Adam"],
+                               modes=[mode], presets=["default"], schedules=[schedule])
+            if m.kind == "newt" and m.variant == ("" if variant == "default" else variant)]
+    assert len(rows) == 1
+    method = rows[0]
+    assert method.start_invariant(stochastic=True)
+    assert method.start_invariant(stochastic=False) is (variant == "gated")
     budget = Budget(24)
-    runs = [run_one("quadratic_deep", gated[0], x, seed=1, budget=budget) for x in (1e-6, 1.0)]
+    runs = [run_one("quadratic_deep", method, x, seed=1, budget=budget) for x in (1e-6, 1.0)]
     assert runs[0].at_evals == runs[1].at_evals
     # only the lr the optimizer was built with (step 0 of the traces) differs, and
     # benchmarks.run._as_run_at rewrites exactly that
@@ -139,9 +144,42 @@ def test_gated_runs_do_not_depend_on_the_swept_lr(schedule, mode):
     assert [r.trace["lr"][0] for r in runs] == [1e-6, 1.0]
     assert bench._as_run_at(runs[0].to_dict(), 1.0) == {**runs[1].to_dict(), "shared_x": 1e-6,
                                                         "seconds": runs[0].seconds}
-    plain = next(m for m in catalog(inners=["Adam"], modes=[mode], presets=["default"],
-                                    schedules=[schedule]) if m.kind == "newt")
-    assert not plain.start_invariant  # the default rule starts at the user's lr
+
+
+def test_only_the_gated_and_auto_controllers_are_start_invariant():
+    rows = {m.name: m for m in catalog(variants={"newton": {"controller": "newton"},
+                                                 "g0": {"gamma": 0.0}},
+                                       inners=["Adam"], schedules=[""])}
+    for name in ("Adam+newt:newton[free]", "Adam+newt-seed[closure]", "Adam+newt:g0[free]",
+                 "Adam", "Prodigy"):
+        assert not rows[name].start_invariant(stochastic=True)
+        assert not rows[name].start_invariant(stochastic=False)
+    assert rows["Adam+newt:g0[free]"].controller == "newton"  # γ = 0 freezes α at the lr
+    assert rows["Prodigy"].controller is None
+
+
+STOCHASTIC = ("quadratic_deep", "digits_logreg", "digits_mlp", "digits_cnn", "byte_lm")
+
+
+@pytest.mark.parametrize("problem", STOCHASTIC)
+def test_auto_ends_its_watch_at_the_first_measurement_on_every_stochastic_problem(problem):
+    """What makes the default start-invariant on these problems: its first fresh
+    measurement is noisy (|1 − B/A| ≥ AUTO_QUIET), for every inner optimizer, step mode
+    and seed of the protocol, so it never hands over at the user's lr."""
+    from newt.rule import GatedState
+
+    assert get_problem(problem).stochastic
+    for method in catalog(inners=["SGD", "SGDm", "Adam", "AdamW"], modes=["free", "closure"],
+                          presets=["default"], schedules=[""]):
+        if method.kind != "newt" or method.variant:
+            continue
+        for seed in range(3):
+            run = Run(get_problem(problem), method, 1e-3, seed, horizon=100)
+            for _ in range(2):  # the second step measures the first one's fresh slope
+                run.step()
+            states = [s.rule for s in run.optimizer._states]
+            assert all(isinstance(s, GatedState) and s.watch is False for s in states), (
+                method.name, seed)
 
 
 def test_the_collector_runs_a_start_invariant_method_once_per_seed(monkeypatch):
@@ -159,13 +197,21 @@ def test_the_collector_runs_a_start_invariant_method_once_per_seed(monkeypatch):
                  "final": t[2] + t[3], "lr_steps": [(0, t[2]), (1, 1e-6)]} for t in tasks]
 
     monkeypatch.setattr(bench, "_run_tasks", fake)
-    tasks = bench._tasks({"quadratic_deep": 10}, [fixed, gated], seeds=2, equal_steps=False)
+    default = next(m for m in catalog(inners=["SGD"], modes=["free"], presets=["default"],
+                                      schedules=[""]) if m.kind == "newt")
+    tasks = bench._tasks({"quadratic_deep": 10}, [fixed, gated, default], seeds=2,
+                         equal_steps=False)
+    tasks += bench._tasks({"rosenbrock": 10}, [default], seeds=2, equal_steps=False)
     runs = bench._collect_runs(tasks, None, workers=1)
+    # the default shares its runs on the stochastic problem only (one seed on rosenbrock)
+    assert sorted(x for name, x in ran if name == default.name) == sorted(
+        [1e-6, 1e-6, *bench.GRID])
     assert sorted(x for name, x in ran if name == gated.name) == [1e-6, 1e-6]  # once per seed
     assert len([x for name, x in ran if name == fixed.name]) == 2 * len(bench.GRID)
-    shared = [r for r in runs if r["method"] == gated.name]
+    shared = [r for r in runs if r["method"] == gated.name
+              or (r["method"] == default.name and r["problem"] == "quadratic_deep")]
     assert sorted((r["seed"], r["x"]) for r in shared) == sorted(
-        (seed, x) for seed in (0, 1) for x in bench.GRID)
+        (seed, x) for seed in (0, 1) for x in bench.GRID for _ in (gated, default))
     assert all(r["final"] == 1e-6 + r["seed"] for r in shared)  # the seed's one run
     assert all(r.get("shared_x", r["x"]) == 1e-6 for r in shared)
     assert all(r["lr_steps"] == [(0, r["x"]), (1, 1e-6)] for r in shared)
