@@ -26,6 +26,12 @@ plots under ``benchmarks/results/`` instead of ``docs/``, so tuning never
 overwrites the published results. ``--reuse`` takes the runs it can from an
 earlier JSON (same problem, method and options, x, seed and budget): the
 fixed-LR baselines and peers then cost nothing.
+
+Each finished run is also appended to ``benchmarks/results/<config>-runs-<time>.jsonl``
+(deleted once the page is written). ``--reuse`` of that file resumes an interrupted
+benchmark, provided newt is at the revision the file was started with::
+
+    python -m benchmarks.run --full --reuse benchmarks/results/full-runs-20261205T013000.jsonl
 """
 
 from __future__ import annotations
@@ -42,6 +48,7 @@ import subprocess
 import sys
 import time
 import warnings
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -239,13 +246,24 @@ def _work(task: Task) -> dict[str, Any]:
                 "error": f"{type(error).__name__}: {error}"}
 
 
-def _run_tasks(tasks: list[Task], workers: int) -> list[dict[str, Any]]:
+def _run_tasks(tasks: list[Task], workers: int,
+               log: Path | None = None) -> list[dict[str, Any]]:
+    """Every task's run, in order; each successful one also appended to ``log`` (a line
+    of JSON) as it finishes."""
+    def logged(results: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+        out = []
+        for result in tqdm(results, total=len(tasks), desc="runs", unit="run", mininterval=2):
+            if log is not None and "error" not in result:
+                with log.open("a") as file:
+                    file.write(json.dumps(result) + "\n")
+            out.append(result)
+        return out
+
     if workers <= 1:
         _init_worker()
-        return [_work(t) for t in tqdm(tasks, desc="runs", unit="run", mininterval=2)]
+        return logged(map(_work, tasks))
     with multiprocessing.get_context("fork").Pool(workers, initializer=_init_worker) as pool:
-        return list(tqdm(pool.imap(_work, tasks), total=len(tasks), desc="runs",
-                         unit="run", mininterval=2))
+        return logged(pool.imap(_work, tasks))
 
 
 # ---------------------------------------------------------------- selection
@@ -404,7 +422,7 @@ def _is_selection(args: argparse.Namespace) -> bool:
 
 def sweep(budgets: dict[str, int], methods: list[Method], seeds: int | dict[str, int] = 2,
           workers: int = 2, equal_steps: bool | dict[str, bool] = False,
-          reuse: Path | None = None,
+          reuse: Path | None = None, log: Path | None = None,
           ) -> tuple[list[dict[str, Any]], list[Summary]]:
     """Run ``methods`` on ``budgets`` (problem label -> gradient evaluations) over the lr grid.
 
@@ -416,9 +434,10 @@ def sweep(budgets: dict[str, int], methods: list[Method], seeds: int | dict[str,
         for s in summaries:
             print(s.problem, s.method, s.width, s.median)
 
-    Returns the runs (dicts; failed ones carry ``error``) and their summaries.
+    Returns the runs (dicts; failed ones carry ``error``) and their summaries; ``log``
+    names a file each computed run is appended to (`_collect_runs`).
     """
-    runs = _collect_runs(_tasks(budgets, methods, seeds, equal_steps), reuse, workers)
+    runs = _collect_runs(_tasks(budgets, methods, seeds, equal_steps), reuse, workers, log)
     ok = [r for r in runs if "error" not in r]
     return runs, summarise_runs(ok, methods, budgets)
 
@@ -480,20 +499,52 @@ def estimate(budgets: dict[str, int], methods: list[Method], seeds: int | dict[s
     return total
 
 
-def _collect_runs(tasks: list[Task], reuse: Path | None, workers: int) -> list[dict[str, Any]]:
-    """Runs for ``tasks``: from the ``reuse`` JSON where possible, else computed."""
+def _reusable(path: Path) -> list[dict[str, Any]]:
+    """The runs of an earlier results JSON, or of a run log (``.jsonl``: a header line with
+    the newt revision, then one run per line, the last perhaps cut off by an interruption).
+    A log written at another newt revision is refused: its runs are not this code's."""
+    if path.suffix != ".jsonl":
+        return list(json.loads(path.read_text())["runs"])
+    header, *lines = path.read_text().splitlines()
+    written, now = json.loads(header)["newt"], _newt_revision()
+    if written != now:
+        raise SystemExit(f"--reuse {path}: its runs are newt at {written}, this is {now}; "
+                         "start afresh, or reuse a results JSON on purpose")
+    runs = []
+    for number, line in enumerate(lines):
+        try:
+            runs.append(json.loads(line))
+        except json.JSONDecodeError:
+            if number != len(lines) - 1:
+                raise
+    return runs
+
+
+def _collect_runs(tasks: list[Task], reuse: Path | None, workers: int,
+                  log: Path | None = None) -> list[dict[str, Any]]:
+    """Runs for ``tasks``: from ``reuse`` (`_reusable`) where possible, else computed
+    (and appended to ``log``, after a header line with the newt revision)."""
     cached: dict[str, dict[str, Any]] = {}
     if reuse:
-        for run in json.loads(reuse.read_text())["runs"]:
+        for run in _reusable(reuse):
             cached[_task_key(run["problem"], run["method_key"], run["x"], run["seed"],
-                             run["budget"])] = run
+                             run["budget"])] = {**run, "reused_from": reuse.name}
     keys = [_key_of(t) for t in tasks]
     runs = [cached[k] for k in keys if k in cached]
     todo = [t for t, k in zip(tasks, keys, strict=True) if k not in cached]
-    unique = {_key_of(_shared(t)): _shared(t) for t in todo}
-    print(f"{len(tasks)} runs, {len(runs)} reused, {len(todo) - len(unique)} shared "
-          f"(start-invariant), {workers} worker(s)", file=sys.stderr)
-    done = dict(zip(unique, _run_tasks(list(unique.values()), workers), strict=True))
+    # a start-invariant run found in ``reuse`` (a run log holds only the shared run)
+    # stands for the other lrs as well
+    unique = {_key_of(_shared(t)): _shared(t) for t in todo
+              if _key_of(_shared(t)) not in cached}
+    print(f"{len(tasks)} runs, {len(tasks) - len(todo)} reused, {len(todo) - len(unique)} "
+          f"shared (start-invariant) or reused, {workers} worker(s)", file=sys.stderr)
+    if log is not None:
+        log.parent.mkdir(parents=True, exist_ok=True)
+        log.write_text(json.dumps({"newt": _newt_revision()}) + "\n")
+        print(f"runs are logged to {log} as they finish (--reuse it to resume)",
+              file=sys.stderr)
+    done = {**cached, **dict(zip(unique, _run_tasks(list(unique.values()), workers, log),
+                                 strict=True))}
     for task in todo:
         run = done[_key_of(_shared(task))]
         runs.append(run if run["x"] == task[2] else _as_run_at(run, task[2]))
@@ -579,8 +630,10 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(1)
 
     start = time.perf_counter()
+    tag = config.name + ("-selection" if selection else "")
+    log = results_dir / f"{tag}-runs-{dt.datetime.now(dt.timezone.utc):%Y%m%dT%H%M%S}.jsonl"
     runs, summaries = sweep(budgets, methods, seeds_of, args.workers, equal_steps_of,
-                            args.reuse)
+                            args.reuse, log)
     cost_rows: list[dict[str, Any]] = []
     if not args.no_cost:
         cost_problems = [p for p in config.cost_problems if p in budgets] or list(budgets)[:1]
@@ -590,6 +643,10 @@ def main(argv: list[str] | None = None) -> None:
 
     failed = [r for r in runs if "error" in r]
     runs = [r for r in runs if "error" not in r]
+    reused = sum("reused_from" in r for r in runs)
+    if reused:
+        notes.append(f"{reused} of the {len(runs)} runs were taken from `{args.reuse.name}` "
+                     "(`--reuse`), not run again.")
     for method, error in sorted({(r["method"], r["error"]) for r in failed}):
         count = sum(r["method"] == method for r in failed)
         notes.append(f"{count} run(s) of {method} failed: `{error}`")
@@ -616,7 +673,6 @@ def main(argv: list[str] | None = None) -> None:
         "methods": [m.name for m in methods],
     }
     results_dir.mkdir(parents=True, exist_ok=True)
-    tag = config.name + ("-selection" if selection else "")
     raw = results_dir / f"{tag}-{stamp.strftime('%Y%m%dT%H%M%S')}.json"
     raw.write_text(json.dumps({"meta": meta, "runs": runs, "failed": failed, "cost": cost_rows}))
     shutil.copyfile(raw, results_dir / f"{tag}-latest.json")
@@ -625,6 +681,7 @@ def main(argv: list[str] | None = None) -> None:
     problem_info = {name: _describe(name, evals, seeds_of[name])
                     for name, evals in budgets.items()}
     report.write_markdown(page, meta, summaries, problem_info, cost_rows, images)
+    log.unlink(missing_ok=True)  # every run is in ``raw`` now
     print(f"wrote {page}, {len(images)} plots in {out_dir / 'img'}, raw runs in {raw} "
           f"({wall:.1f} min)", file=sys.stderr)
 

@@ -191,7 +191,7 @@ def test_the_collector_runs_a_start_invariant_method_once_per_seed(monkeypatch):
     fixed = next(m for m in catalog(inners=["SGD"], schedules=[""]) if m.kind == "fixed")
     ran: list[tuple[str, float]] = []
 
-    def fake(tasks, workers):
+    def fake(tasks, workers, log=None):
         ran.extend((t[1].name, t[2]) for t in tasks)
         return [{"problem": t[0], "method": t[1].name, "x": t[2], "seed": t[3],
                  "final": t[2] + t[3], "lr_steps": [(0, t[2]), (1, 1e-6)]} for t in tasks]
@@ -215,6 +215,50 @@ def test_the_collector_runs_a_start_invariant_method_once_per_seed(monkeypatch):
     assert all(r["final"] == 1e-6 + r["seed"] for r in shared)  # the seed's one run
     assert all(r.get("shared_x", r["x"]) == 1e-6 for r in shared)
     assert all(r["lr_steps"] == [(0, r["x"]), (1, 1e-6)] for r in shared)
+
+
+def test_an_interrupted_benchmark_resumes_from_its_run_log(monkeypatch, tmp_path):
+    """Each finished run is appended to the log; ``--reuse`` of the log runs only what is
+    missing (a start-invariant method's one run stands for its lrs), tolerates a last line
+    cut off by the interruption, and refuses a log of another newt revision."""
+    import benchmarks.run as bench
+
+    gated = next(m for m in catalog(variants={"gated": {"controller": "gated"}}, inners=["SGD"],
+                                    modes=["free"], presets=["default"], schedules=[""])
+                 if m.variant == "gated")
+    fixed = next(m for m in catalog(inners=["SGD"], schedules=[""]) if m.kind == "fixed")
+    tasks = bench._tasks({"quadratic_deep": 10}, [fixed, gated], seeds=2, equal_steps=False)
+    ran: list[tuple[str, float, int]] = []
+    stop_after: list[int] = [5]
+
+    def fake(task):
+        if len(ran) == stop_after[0]:
+            raise KeyboardInterrupt
+        label, method, x, seed, budget = task
+        ran.append((method.name, x, seed))
+        return {"problem": label, "method": method.name, "method_key": method.key(), "x": x,
+                "seed": seed, "budget": vars(budget), "final": x + seed}
+
+    monkeypatch.setattr(bench, "_work", fake)
+    monkeypatch.setattr(bench, "_newt_revision", lambda: "abc1234")
+    log = tmp_path / "quick-runs.jsonl"
+    with pytest.raises(KeyboardInterrupt):
+        bench._collect_runs(tasks, None, workers=1, log=log)
+    assert len(log.read_text().splitlines()) == 1 + 5  # the header, then the 5 finished runs
+    with log.open("a") as file:
+        file.write('{"problem": "quadratic_de')  # a line cut off by the interruption
+    first = list(ran)
+    ran.clear()
+    stop_after[0] = 10**6
+    runs = bench._collect_runs(tasks, log, workers=1)
+    unique = len({bench._key_of(bench._shared(t)) for t in tasks})
+    assert len(ran) == unique - 5 and not set(ran) & set(first)
+    assert len(runs) == len(tasks)
+    assert all(r["final"] == r.get("shared_x", r["x"]) + r["seed"] for r in runs)
+    assert sum("reused_from" in r for r in runs) >= 5
+    monkeypatch.setattr(bench, "_newt_revision", lambda: "def5678")
+    with pytest.raises(SystemExit, match="abc1234"):
+        bench._collect_runs(tasks, log, workers=1)
 
 
 # ---------------------------------------------------------------- peers
