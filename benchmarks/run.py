@@ -29,7 +29,7 @@ fixed-LR baselines and peers then cost nothing.
 
 Each finished run is also appended to ``benchmarks/results/<config>-runs-<time>.jsonl``
 (deleted once the page is written). ``--reuse`` of that file resumes an interrupted
-benchmark, provided newt is at the revision the file was started with::
+benchmark, provided ``newt/`` and ``benchmarks/`` are as they were when it started::
 
     python -m benchmarks.run --full --reuse benchmarks/results/full-runs-20261205T013000.jsonl
 """
@@ -411,6 +411,17 @@ def _newt_revision() -> str:
                      else "")
 
 
+def _code_revision() -> str:
+    """What a run log's runs depend on: the git trees of ``newt/`` and ``benchmarks/``
+    (unchanged by commits elsewhere), flagged when either has uncommitted changes."""
+    result = subprocess.run(["git", "rev-parse", "HEAD:newt", "HEAD:benchmarks"], cwd=ROOT,
+                            capture_output=True, text=True, check=False)
+    dirty = subprocess.run(["git", "status", "--porcelain", "newt", "benchmarks"], cwd=ROOT,
+                           capture_output=True, text=True, check=False).stdout.strip()
+    trees = "/".join(line[:10] for line in result.stdout.split()) or "unknown"
+    return trees + (" + uncommitted changes" if dirty else "")
+
+
 def _is_selection(args: argparse.Namespace) -> bool:
     """Whether the run deviates from the standard --quick/--full comparison."""
     defaults = _parser().parse_args([])
@@ -501,15 +512,16 @@ def estimate(budgets: dict[str, int], methods: list[Method], seeds: int | dict[s
 
 def _reusable(path: Path) -> list[dict[str, Any]]:
     """The runs of an earlier results JSON, or of a run log (``.jsonl``: a header line with
-    the newt revision, then one run per line, the last perhaps cut off by an interruption).
-    A log written at another newt revision is refused: its runs are not this code's."""
+    `_code_revision`, then one run per line, the last perhaps cut off by an interruption).
+    A log written with other code in newt/ or benchmarks/ is refused: its runs are not
+    this code's."""
     if path.suffix != ".jsonl":
         return list(json.loads(path.read_text())["runs"])
     header, *lines = path.read_text().splitlines()
-    written, now = json.loads(header)["newt"], _newt_revision()
+    written, now = json.loads(header)["code"], _code_revision()
     if written != now:
-        raise SystemExit(f"--reuse {path}: its runs are newt at {written}, this is {now}; "
-                         "start afresh, or reuse a results JSON on purpose")
+        raise SystemExit(f"--reuse {path}: its runs are of newt/ and benchmarks/ at {written}, "
+                         f"these are at {now}; start afresh, or reuse a results JSON on purpose")
     runs = []
     for number, line in enumerate(lines):
         try:
@@ -523,7 +535,7 @@ def _reusable(path: Path) -> list[dict[str, Any]]:
 def _collect_runs(tasks: list[Task], reuse: Path | None, workers: int,
                   log: Path | None = None) -> list[dict[str, Any]]:
     """Runs for ``tasks``: from ``reuse`` (`_reusable`) where possible, else computed
-    (and appended to ``log``, after a header line with the newt revision)."""
+    (and appended to ``log``, after a header line with `_code_revision`)."""
     cached: dict[str, dict[str, Any]] = {}
     if reuse:
         for run in _reusable(reuse):
@@ -540,7 +552,7 @@ def _collect_runs(tasks: list[Task], reuse: Path | None, workers: int,
           f"shared (start-invariant) or reused, {workers} worker(s)", file=sys.stderr)
     if log is not None:
         log.parent.mkdir(parents=True, exist_ok=True)
-        log.write_text(json.dumps({"newt": _newt_revision()}) + "\n")
+        log.write_text(json.dumps({"code": _code_revision()}) + "\n")
         print(f"runs are logged to {log} as they finish (--reuse it to resume)",
               file=sys.stderr)
     done = {**cached, **dict(zip(unique, _run_tasks(list(unique.values()), workers, log),

@@ -220,7 +220,7 @@ def test_the_collector_runs_a_start_invariant_method_once_per_seed(monkeypatch):
 def test_an_interrupted_benchmark_resumes_from_its_run_log(monkeypatch, tmp_path):
     """Each finished run is appended to the log; ``--reuse`` of the log runs only what is
     missing (a start-invariant method's one run stands for its lrs), tolerates a last line
-    cut off by the interruption, and refuses a log of another newt revision."""
+    cut off by the interruption, and refuses a log of other code."""
     import benchmarks.run as bench
 
     gated = next(m for m in catalog(variants={"gated": {"controller": "gated"}}, inners=["SGD"],
@@ -240,7 +240,7 @@ def test_an_interrupted_benchmark_resumes_from_its_run_log(monkeypatch, tmp_path
                 "seed": seed, "budget": vars(budget), "final": x + seed}
 
     monkeypatch.setattr(bench, "_work", fake)
-    monkeypatch.setattr(bench, "_newt_revision", lambda: "abc1234")
+    monkeypatch.setattr(bench, "_code_revision", lambda: "abc1234")
     log = tmp_path / "quick-runs.jsonl"
     with pytest.raises(KeyboardInterrupt):
         bench._collect_runs(tasks, None, workers=1, log=log)
@@ -256,7 +256,7 @@ def test_an_interrupted_benchmark_resumes_from_its_run_log(monkeypatch, tmp_path
     assert len(runs) == len(tasks)
     assert all(r["final"] == r.get("shared_x", r["x"]) + r["seed"] for r in runs)
     assert sum("reused_from" in r for r in runs) >= 5
-    monkeypatch.setattr(bench, "_newt_revision", lambda: "def5678")
+    monkeypatch.setattr(bench, "_code_revision", lambda: "def5678")
     with pytest.raises(SystemExit, match="abc1234"):
         bench._collect_runs(tasks, log, workers=1)
 
