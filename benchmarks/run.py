@@ -28,8 +28,10 @@ earlier JSON (same problem, method and options, x, seed and budget): the
 fixed-LR baselines and peers then cost nothing.
 
 Each finished run is also appended to ``benchmarks/results/<config>-runs-<time>.jsonl``
-(deleted once the page is written). ``--reuse`` of that file resumes an interrupted
-benchmark, provided ``newt/`` and ``benchmarks/`` are as they were when it started::
+(deleted once the page is written). ``--reuse`` of that file (or of a gzipped copy,
+``.jsonl.gz``) resumes an interrupted benchmark, provided ``newt/`` and ``benchmarks/``
+are as they were when it started; the resumed run's own log starts with the runs it
+took from the old one, so a run interrupted again resumes from its newest log alone::
 
     python -m benchmarks.run --full --reuse benchmarks/results/full-runs-20261205T013000.jsonl
 """
@@ -39,6 +41,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import fnmatch
+import gzip
 import json
 import multiprocessing
 import os
@@ -510,14 +513,21 @@ def estimate(budgets: dict[str, int], methods: list[Method], seeds: int | dict[s
     return total
 
 
+def _is_run_log(path: Path) -> bool:
+    """Whether ``path`` names a run log (``.jsonl``, or gzipped ``.jsonl.gz``)."""
+    return path.name.endswith((".jsonl", ".jsonl.gz"))
+
+
 def _reusable(path: Path) -> list[dict[str, Any]]:
     """The runs of an earlier results JSON, or of a run log (``.jsonl``: a header line with
     `_code_revision`, then one run per line, the last perhaps cut off by an interruption).
     A log written with other code in newt/ or benchmarks/ is refused: its runs are not
     this code's."""
-    if path.suffix != ".jsonl":
+    if not _is_run_log(path):
         return list(json.loads(path.read_text())["runs"])
-    header, *lines = path.read_text().splitlines()
+    opened = gzip.open(path, "rt") if path.suffix == ".gz" else path.open()
+    with opened as file:
+        header, *lines = file.read().splitlines()
     written, now = json.loads(header)["code"], _code_revision()
     if written != now:
         raise SystemExit(f"--reuse {path}: its runs are of newt/ and benchmarks/ at {written}, "
@@ -535,12 +545,18 @@ def _reusable(path: Path) -> list[dict[str, Any]]:
 def _collect_runs(tasks: list[Task], reuse: Path | None, workers: int,
                   log: Path | None = None) -> list[dict[str, Any]]:
     """Runs for ``tasks``: from ``reuse`` (`_reusable`) where possible, else computed
-    (and appended to ``log``, after a header line with `_code_revision`)."""
+    and appended to ``log``, after a header line with `_code_revision` and the runs taken
+    from ``reuse`` if it is a run log of this code (so ``log`` alone holds every run so
+    far; a results JSON's runs may be of other code and are not copied)."""
     cached: dict[str, dict[str, Any]] = {}
+    carried: list[dict[str, Any]] = []
     if reuse:
         for run in _reusable(reuse):
-            cached[_task_key(run["problem"], run["method_key"], run["x"], run["seed"],
-                             run["budget"])] = {**run, "reused_from": reuse.name}
+            key = _task_key(run["problem"], run["method_key"], run["x"], run["seed"],
+                            run["budget"])
+            if key not in cached and _is_run_log(reuse):
+                carried.append({k: v for k, v in run.items() if k != "reused_from"})
+            cached[key] = {**run, "reused_from": reuse.name}
     keys = [_key_of(t) for t in tasks]
     runs = [cached[k] for k in keys if k in cached]
     todo = [t for t, k in zip(tasks, keys, strict=True) if k not in cached]
@@ -552,7 +568,8 @@ def _collect_runs(tasks: list[Task], reuse: Path | None, workers: int,
           f"shared (start-invariant) or reused, {workers} worker(s)", file=sys.stderr)
     if log is not None:
         log.parent.mkdir(parents=True, exist_ok=True)
-        log.write_text(json.dumps({"code": _code_revision()}) + "\n")
+        log.write_text("".join(json.dumps(line) + "\n"
+                               for line in [{"code": _code_revision()}, *carried]))
         print(f"runs are logged to {log} as they finish (--reuse it to resume)",
               file=sys.stderr)
     done = {**cached, **dict(zip(unique, _run_tasks(list(unique.values()), workers, log),

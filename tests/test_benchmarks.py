@@ -3,6 +3,7 @@ recommended set-ups, the excess-loss metric and the budgets (fast: tiny budgets 
 
 from __future__ import annotations
 
+import gzip
 import itertools
 import math
 import pickle
@@ -220,7 +221,8 @@ def test_the_collector_runs_a_start_invariant_method_once_per_seed(monkeypatch):
 def test_an_interrupted_benchmark_resumes_from_its_run_log(monkeypatch, tmp_path):
     """Each finished run is appended to the log; ``--reuse`` of the log runs only what is
     missing (a start-invariant method's one run stands for its lrs), tolerates a last line
-    cut off by the interruption, and refuses a log of other code."""
+    cut off by the interruption, starts its own log with the runs it took (a second
+    interruption loses nothing), reads a gzipped log, and refuses a log of other code."""
     import benchmarks.run as bench
 
     gated = next(m for m in catalog(variants={"gated": {"controller": "gated"}}, inners=["SGD"],
@@ -249,13 +251,22 @@ def test_an_interrupted_benchmark_resumes_from_its_run_log(monkeypatch, tmp_path
         file.write('{"problem": "quadratic_de')  # a line cut off by the interruption
     first = list(ran)
     ran.clear()
+    stop_after[0] = 3  # interrupted again: the second log holds the first log's runs too
+    second = tmp_path / "quick-runs-2.jsonl"
+    with pytest.raises(KeyboardInterrupt):
+        bench._collect_runs(tasks, log, workers=1, log=second)
+    assert len(second.read_text().splitlines()) == 1 + 5 + 3
+    zipped = tmp_path / "quick-runs-2.jsonl.gz"  # a log kept compressed is read as well
+    zipped.write_bytes(gzip.compress(second.read_bytes()))
+    before = list(ran)
+    ran.clear()
     stop_after[0] = 10**6
-    runs = bench._collect_runs(tasks, log, workers=1)
+    runs = bench._collect_runs(tasks, zipped, workers=1)
     unique = len({bench._key_of(bench._shared(t)) for t in tasks})
-    assert len(ran) == unique - 5 and not set(ran) & set(first)
+    assert len(ran) == unique - 5 - 3 and not set(ran) & set(first + before)
     assert len(runs) == len(tasks)
     assert all(r["final"] == r.get("shared_x", r["x"]) + r["seed"] for r in runs)
-    assert sum("reused_from" in r for r in runs) >= 5
+    assert sum("reused_from" in r for r in runs) >= 8
     monkeypatch.setattr(bench, "_code_revision", lambda: "def5678")
     with pytest.raises(SystemExit, match="abc1234"):
         bench._collect_runs(tasks, log, workers=1)
